@@ -1,0 +1,244 @@
+"""The Episode: one agent interaction (query, tool call or chat messages, result, reward).
+
+Episodes are written by the capture client, validated by the collector, kept by the store, scored by
+graders and turned into training rows by ``datasets``. This module only defines the shape and its
+limits; it does no I/O.
+
+JSON uses camelCase (``agentId``, ``modelVersion``), Python attributes snake_case; always dump with
+``to_json_dict()`` (or ``model_dump(mode="json", by_alias=True)``).
+
+Every string and list has a size limit, and free-form JSON (``state.context``, ``action.arguments``,
+``result``) is bounded in depth and size, so one bad client cannot fill the store or stall a parser.
+When no ``id`` is given it is derived from agent, session, turn and content, so a retried batch
+never creates duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+MAX_ID_CHARS = 256
+MAX_NAME_CHARS = 256
+MAX_TEXT_CHARS = 32_768
+MAX_MESSAGES = 128
+MAX_TOOL_CALLS = 32
+MAX_LABELS = 64
+MAX_JSON_DEPTH = 16
+MAX_JSON_BYTES = 256 * 1024
+MAX_EPISODE_BYTES = 1024 * 1024
+
+
+def _json_depth(value: Any, depth: int = 0) -> int:
+    if depth > MAX_JSON_DEPTH:
+        return depth
+    if isinstance(value, Mapping):
+        return max((_json_depth(v, depth + 1) for v in value.values()), default=depth + 1)
+    if isinstance(value, list | tuple):
+        return max((_json_depth(v, depth + 1) for v in value), default=depth + 1)
+    return depth
+
+
+def _bounded_json(value: Any) -> Any:
+    """Reject free-form JSON that is too deep, too large or not representable as JSON."""
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not JSON-serialisable: {exc}") from exc
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{size} bytes of JSON, limit {MAX_JSON_BYTES}")
+    return value
+
+
+JsonValue = Annotated[Any, AfterValidator(_bounded_json)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
+    )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class _OpenAIModel(BaseModel):
+    """OpenAI's chat format keeps snake_case keys (``tool_calls``, ``tool_call_id``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ToolCallFunction(_OpenAIModel):
+    name: Name
+    # OpenAI's format: the arguments are a JSON-encoded string.
+    arguments: Annotated[str, Field(max_length=MAX_JSON_BYTES)] = "{}"
+
+
+class ToolCall(_OpenAIModel):
+    id: Annotated[str, Field(max_length=MAX_ID_CHARS)] = ""
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class Message(_OpenAIModel):
+    """A chat message in OpenAI's format, tool calls included."""
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: Text | None = None
+    name: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOL_CALLS)] | None = None
+    tool_call_id: Annotated[str, Field(max_length=MAX_ID_CHARS)] | None = None
+
+
+class State(_Model):
+    """What the agent saw: the user's query and any context (retrieved docs, user profile, ...)."""
+
+    query: Text = ""
+    context: JsonValue = None
+
+
+class Action(_Model):
+    """The tool call the agent made in response."""
+
+    tool: Name
+    arguments: JsonValue = Field(default_factory=dict)
+
+
+class Label(_Model):
+    """One grading of an episode. A label with ``error`` records a failed grading (no score)."""
+
+    score: Score | None = None
+    grader: Name
+    grader_version: Annotated[str, Field(max_length=MAX_ID_CHARS)] | None = None
+    reason: Text = ""
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    manual: bool = False
+    error: Text | None = None
+
+    @model_validator(mode="after")
+    def _score_or_error(self) -> Label:
+        if self.score is None and self.error is None:
+            raise ValueError("a label needs a score or an error")
+        return self
+
+
+class Episode(_Model):
+    id: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9._:\-]+$")] = ""
+    agent_id: Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=r"^[A-Za-z0-9._\-]+$")]
+    session_id: Annotated[str, Field(max_length=MAX_ID_CHARS)] | None = None
+    turn: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    model_version: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    state: State = Field(default_factory=State)
+    action: Action | None = None
+    messages: Annotated[list[Message], Field(max_length=MAX_MESSAGES)] | None = None
+    result: JsonValue = None
+    reward: Score | None = None
+    labeled: bool = False
+    labels: Annotated[list[Label], Field(max_length=MAX_LABELS)] = Field(default_factory=list)
+    error: Text | None = None
+    # Filled by redaction: how many values of each kind were replaced before the episode was stored.
+    redactions: dict[Annotated[str, Field(max_length=64)], int] = Field(default_factory=dict)
+    # Store-managed revision for optimistic concurrency on label updates; 0 before the first write.
+    revision: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _normalise(self) -> Episode:
+        if self.timestamp.tzinfo is None:
+            self.timestamp = self.timestamp.replace(tzinfo=UTC)
+        if self.reward is not None and math.isnan(self.reward):
+            raise ValueError("reward is NaN")
+        if not self.id:
+            self.id = deterministic_id(self)
+        return self
+
+    def to_json_dict(self) -> dict[str, Any]:
+        # Keep reward/labeled explicit even when null: scripts rely on those keys (DESIGN.md).
+        data = super().to_json_dict()
+        data["reward"] = self.reward
+        data["labeled"] = self.labeled
+        return data
+
+    def output_text(self) -> str:
+        """The agent's final output as text: the last assistant message, else the tool call as JSON."""
+        for message in reversed(self.messages or []):
+            if message.role != "assistant":
+                continue
+            if message.content:
+                return message.content
+            if message.tool_calls:
+                call = message.tool_calls[0].function
+                return json.dumps({"tool": call.name, "arguments": _loads_or_raw(call.arguments)})
+        if self.action is not None:
+            return json.dumps({"tool": self.action.tool, "arguments": self.action.arguments})
+        if isinstance(self.result, str):
+            return self.result
+        return "" if self.result is None else json.dumps(self.result)
+
+    def effective_tool_call(self) -> tuple[str, dict[str, Any]] | None:
+        """The tool the agent chose and its arguments, from ``action`` or the last assistant tool call."""
+        if self.action is not None:
+            args = self.action.arguments if isinstance(self.action.arguments, dict) else {}
+            return self.action.tool, args
+        for message in reversed(self.messages or []):
+            if message.role == "assistant" and message.tool_calls:
+                call = message.tool_calls[0].function
+                parsed = _loads_or_raw(call.arguments)
+                return call.name, parsed if isinstance(parsed, dict) else {}
+        return None
+
+
+def _loads_or_raw(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def deterministic_id(episode: Episode) -> str:
+    """A stable id from agent, session, turn and content: the same interaction always maps to one id."""
+    content = {
+        "agentId": episode.agent_id,
+        "sessionId": episode.session_id,
+        "turn": episode.turn,
+        "state": episode.state.model_dump(mode="json", by_alias=True),
+        "action": episode.action.model_dump(mode="json", by_alias=True) if episode.action else None,
+        "messages": [m.model_dump(mode="json", by_alias=True) for m in episode.messages or []],
+        "result": episode.result,
+    }
+    if episode.session_id is None and episode.turn is None:
+        # Without session and turn, two identical queries at different times are different episodes.
+        content["timestamp"] = episode.timestamp.isoformat()
+    digest = hashlib.sha256(
+        json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
+    return f"ep-{digest[:32]}"
+
+
+def parse_episode(data: Mapping[str, Any]) -> Episode:
+    """Validate one episode from its JSON form (raises ``pydantic.ValidationError``)."""
+    return Episode.model_validate(data)
+
+
+def validation_reason(exc: Exception) -> str:
+    """A one-line reason naming the fields that were wrong, for collector responses and CLI errors."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = []
+        for err in errors()[:5]:
+            loc = ".".join(str(p) for p in err.get("loc", ())) or "(episode)"
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        return "; ".join(parts)
+    return str(exc)

@@ -1,0 +1,127 @@
+"""Shared CLI plumbing: the ``--store`` and ``-o`` options, table/JSON output, one-line errors.
+
+Every command uses ``store_option`` and ``output_option`` so the flags read the same everywhere, and
+``emit`` to print either a rich table (people) or JSON (scripts: an array, or one object for single
+results). ``fail`` exits non-zero with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from lightning_op import store as store_mod
+from lightning_op.store import base as store_base
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+err_console = Console(stderr=True)
+
+store_option = click.option(
+    "--store",
+    "store_url",
+    envvar="LIGHTNING_STORE",
+    default=None,
+    metavar="URL",
+    help="Episode store URL (sqlite:///path.db or cosmos://...); env LIGHTNING_STORE; "
+    "default: a SQLite file under the user's data directory.",
+)
+output_option = click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format: a table for people, JSON for scripts.",
+)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print a one-line reason to stderr and exit non-zero."""
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn expected errors (bad input, store problems) into one-line messages and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (store_base.StoreError, ValueError, OSError) as exc:
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def open_store(url: str | None) -> Iterator[store_base.EpisodeStore]:
+    try:
+        store = store_mod.open_store(url)
+    except store_base.StoreError as exc:
+        fail(str(exc))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, default=_json_default, ensure_ascii=False, indent=2))
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+def progress(description: str, total: int | None, *, disable: bool = False) -> Progress:
+    """A progress bar on stderr for long work (hidden with -o json or when stderr is not a terminal)."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=disable,
+    )
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """Parse ``--since``/``--until``: ISO 8601, or a relative age like 30m, 6h, 7d."""
+    if value is None:
+        return None
+    from datetime import UTC, timedelta
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value and value[-1] in units and value[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{option} {value!r} is not a time: use ISO 8601 (2026-01-31T12:00:00Z) or an age like 6h or 7d")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
