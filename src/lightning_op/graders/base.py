@@ -20,6 +20,10 @@ class GradeResult:
     score: float | None
     reason: str = ""
     error: str | None = None
+    #: the failure is transient (429, 5xx, timeout): the labeling pipeline retries it with backoff
+    retryable: bool = False
+    #: seconds the server asked us to wait (Retry-After), if it said
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -100,6 +100,10 @@ class EpisodeStore(Protocol):
     def iter_episodes(self, q: EpisodeQuery, batch_size: int = 1000) -> Iterator[ep.Episode]:
         """Every matching episode, oldest first, in constant memory."""
 
+    def iter_json(self, q: EpisodeQuery, batch_size: int = 5000) -> Iterator[dict[str, Any]]:
+        """Like ``iter_episodes`` but yields the stored JSON dicts without model validation (fast path
+        for dataset building over millions of rows). The dicts are what ``Episode.to_json_dict`` gives."""
+
     def add_label(
         self, episode_id: str, label: ep.Label, expected_revision: int | None = None
     ) -> ep.Episode:
@@ -135,5 +139,5 @@ def effective_reward(labels: Sequence[ep.Label]) -> float | None:
     """The reward an episode's labels give: the newest manual label, else the newest scored label."""
     scored = [label for label in labels if label.score is not None]
     manual = [label for label in scored if label.manual]
-    chosen = (manual or scored)[-1:] 
+    chosen = (manual or scored)[-1:]
     return chosen[0].score if chosen else None
