@@ -1,0 +1,315 @@
+"""A kmock Kubernetes emulator that behaves like a real API server where kopf and our code rely on it.
+
+kmock 0.8 stores objects as given. kopf 1.45 writes finalizers with a JSON patch that first ``test``s
+``/metadata/resourceVersion``, and resumes watches from a list's resourceVersion, so against plain
+kmock an object that needs a finalizer is never handled. This subclass (see DESIGN.md, "Testing
+without a cluster"):
+
+- stamps a new ``metadata.resourceVersion`` on every write, and ``uid``, ``creationTimestamp`` and
+  ``generation`` on create; bumps ``generation`` when anything but metadata and status changes;
+- separates the status subresource: a write to ``/status`` changes only ``status``, a write to the
+  object itself never changes ``status`` (for resources registered with ``subresources: ['status']``);
+- answers a failed JSON-patch ``test`` (or an invalid patch) with 422, a no-op patch with no new
+  version and no watch event;
+- reports the list's resourceVersion and starts a watch *after* the given resourceVersion, replaying
+  only newer events (or, with none given, the current objects as ADDED);
+- filters lists and watches by equality label selectors (``a=b,c=d``).
+
+It also counts write calls per resource so tests can assert "no writes for an unchanged object".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import datetime
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import kmock
+from kmock._internal import dicts, enums, k8s, references, rendering
+
+WRITE_ACTIONS = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
+
+
+@attrs.frozen
+class UnprocessableError(k8s.KubernetesError):
+    status: int = 422
+    reason: str = "Invalid"
+    message: str = "the patch could not be applied"
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _spec_part(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("metadata", "status")}
+
+
+def _labels_match(obj: Mapping[str, Any], selector: str | None) -> bool:
+    if not selector:
+        return True
+    labels = obj.get("metadata", {}).get("labels") or {}
+    for term in selector.split(","):
+        term = term.strip()
+        if not term:
+            continue
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            if labels.get(key.strip().rstrip("=")) != value.strip():
+                return False
+        elif labels.get(term) is None:
+            return False
+    return True
+
+
+@attrs.define(kw_only=True)
+class ApiServerEmulator(k8s.KubernetesEmulator):
+    _rv: int = attrs.field(default=0, init=False)
+    _log: list[tuple[int, references.resource, dict[str, Any]]] = attrs.field(factory=list, init=False)
+    _log_changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
+    #: write calls (create/patch/delete) received, by plural name; tests reset it with ``writes.clear()``
+    writes: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+
+    # ---------------------------------------------------------------- writes
+
+    def _next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def _has_status_subresource(self, resource: references.resource) -> bool:
+        for res in self._resources:
+            if res == resource:
+                return "status" in set(self._resources[res].subresources or ())
+        return False
+
+    def _find(self, resource: references.resource, namespace: str | None, name: str) -> Any:
+        key = (resource, namespace, name)
+        if key in self._objects and not self._objects[key].deleted:
+            return self._objects[key]
+        return None
+
+    async def _emit(self, resource: references.resource, event_type: str, raw: dict[str, Any]) -> None:
+        rv = int(raw.get("metadata", {}).get("resourceVersion", self._rv))
+        self._log.append((rv, resource, {"type": event_type, "object": copy.deepcopy(raw)}))
+        async with self._log_changed:
+            self._log_changed.notify_all()
+
+    async def _apply_write(self, request: rendering.Request) -> None:
+        resource = request.resource
+        assert resource is not None
+        if request.action == enums.action.CREATE:
+            body = copy.deepcopy(request.data or {})
+            meta = body.setdefault("metadata", {})
+            namespace = request.namespace or meta.get("namespace")
+            name = meta.get("name")
+            if not name and meta.get("generateName"):
+                name = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
+                meta["name"] = name
+            if namespace:
+                meta["namespace"] = namespace
+            if self._find(resource, namespace, name) is not None:
+                raise k8s.KubernetesObjectConflictError(message=f"{resource.plural} {name!r} already exists")
+            meta.update(
+                uid=str(uuid.uuid4()),
+                resourceVersion=self._next_rv(),
+                creationTimestamp=_now(),
+                generation=1,
+            )
+            key = (resource, namespace, name)
+            if key in self._objects:
+                self._objects[key].create(body)
+            else:
+                self._objects[key] = body
+            await self._emit(resource, "ADDED", body)
+            return
+
+        obj = self._find(resource, request.namespace, request.name or "")
+        if obj is None:
+            raise k8s.KubernetesObjectNotFoundError()
+        old = copy.deepcopy(obj.raw)
+
+        if request.action == enums.action.DELETE:
+            meta = old.setdefault("metadata", {})
+            if meta.get("deletionTimestamp"):
+                return
+            if meta.get("finalizers"):
+                meta["deletionTimestamp"] = _now()
+                meta["resourceVersion"] = self._next_rv()
+                obj.create(old)
+                await self._emit(resource, "MODIFIED", old)
+            else:
+                meta["resourceVersion"] = self._next_rv()
+                obj.delete()
+                await self._emit(resource, "DELETED", old)
+            return
+
+        # UPDATE: a list body is a JSON patch, a dict body a merge patch (kmock's convention).
+        patch = request.data
+        try:
+            if isinstance(patch, list):
+                new = jsonpatch.apply_patch(copy.deepcopy(old), patch, in_place=False)
+            elif isinstance(patch, Mapping):
+                new = dict(dicts.merge_patch_dict(copy.deepcopy(old), patch))
+            else:
+                raise UnprocessableError(message=f"unsupported patch body: {type(patch).__name__}")
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, ValueError, TypeError) as exc:
+            raise UnprocessableError(message=f"the patch could not be applied: {exc}") from exc
+
+        if self._has_status_subresource(resource):
+            if request.subresource == "status":
+                merged = copy.deepcopy(old)
+                if "status" in new:
+                    merged["status"] = new["status"]
+                else:
+                    merged.pop("status", None)
+                new = merged
+            elif "status" in old or "status" in new:
+                new = {**new, "status": old["status"]} if "status" in old else {
+                    k: v for k, v in new.items() if k != "status"
+                }
+        new_meta = new.setdefault("metadata", {})
+        for frozen in ("uid", "creationTimestamp", "name", "namespace"):
+            if frozen in old.get("metadata", {}):
+                new_meta[frozen] = old["metadata"][frozen]
+        new_meta["resourceVersion"] = old["metadata"].get("resourceVersion")
+        new_meta["generation"] = old["metadata"].get("generation", 1)
+        if new == old:
+            return  # a no-op patch: no new version, no event, as a real API server does
+        if _spec_part(new) != _spec_part(old):
+            new_meta["generation"] = int(new_meta["generation"]) + 1
+        new_meta["resourceVersion"] = self._next_rv()
+        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
+            obj.create(new)
+            obj.delete()
+            await self._emit(resource, "DELETED", new)
+        else:
+            obj.create(new)
+            await self._emit(resource, "MODIFIED", new)
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.action in WRITE_ACTIONS and (
+            request.action == enums.action.CREATE or request.name is not None
+        ):
+            self.writes[str(request.resource.plural)] += 1
+            try:
+                async with self._lock:
+                    await self._apply_write(request)
+            except k8s.KubernetesError as exc:
+                return await self._render_error(exc)
+        # Skip KubernetesEmulator._handle (its state changes are done above); route to the readers.
+        return await k8s.KubernetesScaffold._handle(self, request)
+
+    async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
+        meta = (request.data or {}).get("metadata", {})
+        namespace = request.namespace or meta.get("namespace")
+        for (resource, ns, _), obj in reversed(list(self._objects.items())):
+            if resource == request.resource and ns == namespace and not obj.deleted:
+                if obj.raw.get("metadata", {}).get("name") == meta.get("name") or (
+                    not meta.get("name") and meta.get("generateName")
+                ):
+                    return obj.raw
+        raise k8s.KubernetesObjectNotFoundError()
+
+    async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
+        key = (request.resource, request.namespace, request.name)
+        return self._objects[key].last.raw  # type: ignore[index]
+
+    async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
+        key = (request.resource, request.namespace, request.name)
+        return self._objects[key].last.raw  # type: ignore[index]
+
+    # ---------------------------------------------------------------- reads
+
+    def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
+        selector = request.params.get("labelSelector")
+        items = []
+        for (resource, namespace, name), obj in self._objects.items():
+            if resource != request.resource or obj.deleted:
+                continue
+            if request.namespace is not None and namespace != request.namespace:
+                continue
+            if request.name is not None and name != request.name:
+                continue
+            if _labels_match(obj.raw, selector):
+                items.append(obj.raw)
+        return items
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        if request.resource not in self._get_resources():
+            raise k8s.KubernetesResourceNotFoundError()
+        async with self._lock:
+            items = copy.deepcopy(self._matching(request))
+            rv = str(self._rv)
+        return {"metadata": {"resourceVersion": rv}, "items": items}
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        yield b""
+        selector = request.params.get("labelSelector")
+        since = request.params.get("resourceVersion")
+        async with self._lock:
+            if since and since.isdigit() and since != "0":
+                position = int(since)
+                initial: list[dict[str, Any]] = []
+            else:
+                position = self._rv
+                initial = [{"type": "ADDED", "object": copy.deepcopy(o)} for o in self._matching(request)]
+        for event in initial:
+            yield event
+        while True:
+            pending = [
+                event
+                for rv, resource, event in self._log
+                if rv > position and resource == request.resource
+            ]
+            if pending:
+                position = max(rv for rv, _, _ in self._log)
+                for event in pending:
+                    meta = event["object"].get("metadata", {})
+                    if request.namespace is not None and meta.get("namespace") != request.namespace:
+                        continue
+                    if request.name is not None and meta.get("name") != request.name:
+                        continue
+                    if _labels_match(event["object"], selector):
+                        yield event
+                continue
+            if self._log:
+                position = max(position, self._log[-1][0])
+            async with self._log_changed:
+                try:
+                    await asyncio.wait_for(self._log_changed.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+
+
+def register_resources(server: kmock.KubernetesEmulator, extra: Mapping[str, Mapping[str, Any]] = {}) -> None:
+    """Declare what kopf's discovery needs plus the core and batch kinds the operator touches."""
+    server.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = {
+        "kind": "CustomResourceDefinition", "namespaced": False,
+        "verbs": ["list", "watch", "get", "create", "patch", "delete"],
+    }
+    server.resources["v1/namespaces"] = {"kind": "Namespace", "namespaced": False, "verbs": ["list", "watch", "get"]}
+    server.resources["v1/events"] = {"kind": "Event", "namespaced": True, "verbs": ["create", "list", "get", "patch"]}
+    server.resources["v1/pods"] = {"kind": "Pod", "namespaced": True, "verbs": ["get", "list", "watch"],
+                                   "subresources": ["status", "log"]}
+    server.resources["v1/secrets"] = {"kind": "Secret", "namespaced": True, "verbs": ["get"]}
+    server.resources["apps/v1/deployments"] = {
+        "kind": "Deployment", "namespaced": True, "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+        "subresources": ["status"],
+    }
+    server.resources["batch/v1/jobs"] = {
+        "kind": "Job", "namespaced": True, "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+        "subresources": ["status"],
+    }
+    for key, info in extra.items():
+        server.resources[key] = dict(info)
