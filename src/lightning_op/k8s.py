@@ -1,0 +1,218 @@
+"""A thin wrapper over the kubernetes client: get-or-none, create-or-adopt, JSON patch, error mapping.
+
+The controllers call these from a worker thread (``asyncio.to_thread``) because the kubernetes
+client is synchronous and must never run on kopf's event loop. Objects go in and come out as plain
+camelCase dicts (the manifests builders' format), read with ``_preload_content=False`` so no client
+model classes sit in between. API errors are mapped to four exceptions the controllers turn into
+kopf's retry policy: ``NotFound``, ``Conflict``, ``Invalid`` (a permanent problem with what we sent)
+and ``Unavailable`` (retry later).
+
+Only this module and ``controllers/`` import the kubernetes client (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from lightning_op.api import constants
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class K8sError(Exception):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(K8sError):
+    pass
+
+
+class Conflict(K8sError):
+    pass
+
+
+class Invalid(K8sError):
+    """The API server refused what we sent (422/400/403): retrying the same request will not help."""
+
+
+class Unavailable(K8sError):
+    """The API server could not be reached or answered 5xx/429: retry later."""
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        body = json.loads(exc.body or "{}")
+        return str(body.get("message") or exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
+def _call(what: str, func: Callable[[], T]) -> T:
+    try:
+        return func()
+    except ApiException as exc:
+        message = f"{what}: {exc.status} {_reason(exc)}"
+        if exc.status == 404:
+            raise NotFound(message, exc.status) from exc
+        if exc.status == 409:
+            raise Conflict(message, exc.status) from exc
+        if exc.status in (400, 403, 422):
+            raise Invalid(message, exc.status) from exc
+        raise Unavailable(message, exc.status) from exc
+    except (HTTPError, OSError) as exc:
+        raise Unavailable(f"{what}: {exc}") from exc
+
+
+def _json(response: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(response.data or b"{}")
+    return data
+
+
+def load_api_client(server: str | None = None) -> client.ApiClient:
+    """An ApiClient from ``server`` (tests), else in-cluster config, else the standard kubeconfig."""
+    if server:
+        configuration = client.Configuration()
+        configuration.host = server.rstrip("/")
+        return client.ApiClient(configuration)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Cluster:
+    """Typed entry points over one ApiClient; every method returns plain dicts."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.apps = client.AppsV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    # ------------------------------------------------------------ deployments
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(
+                _call(
+                    f"get Deployment {namespace}/{name}",
+                    lambda: self.apps.read_namespaced_deployment(name, namespace, _preload_content=False),
+                )
+            )
+        except NotFound:
+            return None
+
+    def json_patch_deployment(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        return _json(
+            _call(
+                f"patch Deployment {namespace}/{name}",
+                lambda: self.apps.patch_namespaced_deployment(
+                    name, namespace, ops, field_manager=constants.FIELD_MANAGER, _preload_content=False
+                ),
+            )
+        )
+
+    # ------------------------------------------------------------ jobs and pods
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(
+                _call(
+                    f"get Job {namespace}/{name}",
+                    lambda: self.batch.read_namespaced_job(name, namespace, _preload_content=False),
+                )
+            )
+        except NotFound:
+            return None
+
+    def create_or_adopt_job(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the Job; if one with that name exists (409), return it: the name is deterministic,
+        so an existing Job is ours from before a restart. Returns (job, created)."""
+        name = body["metadata"]["name"]
+        try:
+            created = _call(
+                f"create Job {namespace}/{name}",
+                lambda: self.batch.create_namespaced_job(
+                    namespace, body, field_manager=constants.FIELD_MANAGER, _preload_content=False
+                ),
+            )
+            return _json(created), True
+        except Conflict:
+            existing = self.get_job(namespace, name)
+            if existing is None:
+                raise
+            return existing, False
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        try:
+            _call(
+                f"delete Job {namespace}/{name}",
+                lambda: self.batch.delete_namespaced_job(
+                    name, namespace, propagation_policy="Background", _preload_content=False
+                ),
+            )
+            return True
+        except NotFound:
+            return False
+
+    def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        data = _json(
+            _call(
+                f"list Pods of Job {namespace}/{job_name}",
+                lambda: self.core.list_namespaced_pod(
+                    namespace, label_selector=f"job-name={job_name}", _preload_content=False
+                ),
+            )
+        )
+        items: list[dict[str, Any]] = data.get("items", [])
+        return items
+
+    def pod_log_tail(self, namespace: str, pod: str, lines: int = 50) -> str:
+        response = _call(
+            f"read log of Pod {namespace}/{pod}",
+            lambda: self.core.read_namespaced_pod_log(pod, namespace, tail_lines=lines, _preload_content=False),
+        )
+        data: bytes = response.data or b""
+        return data.decode("utf-8", errors="replace")
+
+    # ------------------------------------------------------------ our custom resources
+
+    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(
+                _call(
+                    f"get {plural} {namespace}/{name}",
+                    lambda: self.custom.get_namespaced_custom_object(
+                        constants.GROUP, constants.VERSION, namespace, plural, name, _preload_content=False
+                    ),
+                )
+            )
+        except NotFound:
+            return None
+
+    def get_secret_value(self, namespace: str, name: str, key: str) -> str:
+        """One key of a named Secret (get only: the operator never lists or watches Secrets)."""
+        import base64
+
+        data = _json(
+            _call(
+                f"get Secret {namespace}/{name}",
+                lambda: self.core.read_namespaced_secret(name, namespace, _preload_content=False),
+            )
+        )
+        encoded = (data.get("data") or {}).get(key)
+        if encoded is None:
+            raise NotFound(f"Secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(encoded).decode()

@@ -1,0 +1,103 @@
+"""Setting and restoring env vars on one container of a Deployment with JSON patches.
+
+Covers: only the named vars change (other env and other containers untouched), an unchanged
+workload yields no patch (no write), a snapshot restores the exact previous env (values, valueFrom,
+absence), a container with no env list, an unknown container names the ones that exist, and a
+concurrent reorder makes the patch's ``test`` ops fail instead of editing the wrong entry.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from lightning_op.manifests import workload_env
+
+
+def deployment(env_app: list[dict[str, Any]] | None) -> dict[str, Any]:
+    app: dict[str, Any] = {"name": "agent", "image": "agent:1"}
+    if env_app is not None:
+        app["env"] = env_app
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "agent", "namespace": "demo"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "sidecar", "image": "proxy:1", "env": [{"name": "MODEL_NAME", "value": "x"}]},
+                        app,
+                    ]
+                }
+            }
+        },
+    }
+
+
+BASE_ENV = [
+    {"name": "MODEL_NAME", "value": "gpt-small"},
+    {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    {"name": "USE_TUNED_MODEL", "value": "false"},
+]
+
+
+def apply(body: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(body), ops)
+    return result
+
+
+def app_env(body: dict[str, Any]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = body["spec"]["template"]["spec"]["containers"][1].get("env", [])
+    return env
+
+
+@pytest.mark.parametrize(
+    "initial_env",
+    [pytest.param(copy.deepcopy(BASE_ENV), id="existing-env"), pytest.param(None, id="no-env-list"),
+     pytest.param([], id="empty-env")],
+)
+def test_set_then_restore_gives_back_the_exact_env(initial_env: list[dict[str, Any]] | None) -> None:
+    before = deployment(initial_env)
+    names = ["USE_TUNED_MODEL", "TUNED_MODEL_NAME"]
+    snapshot = workload_env.snapshot_env(before, "agent", names)
+    promoted = apply(before, workload_env.env_patch(before, "agent", {"USE_TUNED_MODEL": "true",
+                                                                    "TUNED_MODEL_NAME": "agent-ft-1"}))
+    env = {e["name"]: e.get("value") for e in app_env(promoted)}
+    assert env["USE_TUNED_MODEL"] == "true" and env["TUNED_MODEL_NAME"] == "agent-ft-1"
+    # the sidecar and unrelated variables are untouched
+    assert promoted["spec"]["template"]["spec"]["containers"][0] == before["spec"]["template"]["spec"]["containers"][0]
+    for entry in initial_env or []:
+        if entry["name"] not in names:
+            assert entry in app_env(promoted)
+
+    restored = apply(promoted, workload_env.restore_patch(promoted, "agent", snapshot))
+    assert app_env(restored) == (initial_env or [])
+
+
+def test_unchanged_workload_needs_no_patch() -> None:
+    body = deployment(copy.deepcopy(BASE_ENV))
+    assert workload_env.env_patch(body, "agent", {"MODEL_NAME": "gpt-small", "ABSENT": None}) == []
+
+
+def test_removal_of_several_vars_keeps_the_rest_in_order() -> None:
+    body = deployment(copy.deepcopy(BASE_ENV))
+    ops = workload_env.env_patch(body, "agent", {"MODEL_NAME": None, "USE_TUNED_MODEL": None})
+    assert [e["name"] for e in app_env(apply(body, ops))] == ["SECRET"]
+
+
+def test_unknown_container_names_the_existing_ones() -> None:
+    with pytest.raises(workload_env.ContainerNotFoundError, match="sidecar, agent"):
+        workload_env.env_patch(deployment([]), "web", {"A": "1"})
+
+
+def test_a_concurrent_reorder_makes_the_patch_fail_instead_of_editing_the_wrong_entry() -> None:
+    body = deployment(copy.deepcopy(BASE_ENV))
+    ops = workload_env.env_patch(body, "agent", {"USE_TUNED_MODEL": "true"})
+    reordered = copy.deepcopy(body)
+    app_env(reordered).reverse()
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        apply(reordered, ops)
