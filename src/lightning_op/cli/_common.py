@@ -107,7 +107,8 @@ def progress(description: str, total: int | None, *, disable: bool = False) -> P
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
-        disable=disable,
+        # A bar drawn on a pipe or file would leave blank lines in a one-line error or in logs.
+        disable=disable or not err_console.is_terminal,
     )
 
 

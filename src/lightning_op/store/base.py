@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from enum import StrEnum
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from lightning_op.api import episode as ep
 
@@ -87,6 +88,13 @@ class Record:
 
 @runtime_checkable
 class EpisodeStore(Protocol):
+    """What every store implements. A store may also implement ``BatchLabelWriter`` (``add_labels``):
+    labeling at scale uses it when present and falls back to one ``add_label`` per episode.
+
+    Stores are used from one thread at a time but not always the thread that opened them: the labeling
+    pipeline runs store calls on a worker thread (``run_in_executor``) to keep the event loop free.
+    """
+
     url: str
 
     def insert_many(self, episodes: Sequence[ep.Episode]) -> InsertResult:
@@ -133,6 +141,39 @@ class EpisodeStore(Protocol):
     def list_records(self, kind: str) -> list[Record]: ...
 
     def close(self) -> None: ...
+
+
+class LabelUpdate(NamedTuple):
+    """One label to append: ``(episode_id, label, expected_revision)``."""
+
+    episode_id: str
+    label: ep.Label
+    expected_revision: int | None = None
+
+
+class LabelWriteStatus(StrEnum):
+    APPLIED = "applied"
+    #: ``expected_revision`` did not match: nothing was written for this update
+    CONFLICT = "conflict"
+    NOT_FOUND = "not_found"
+
+
+@runtime_checkable
+class BatchLabelWriter(Protocol):
+    """Optional store capability: many label appends in one transaction (labeling at scale).
+
+    Kept out of ``EpisodeStore`` so a store without it still satisfies the protocol; callers check
+    ``isinstance(store, BatchLabelWriter)`` and otherwise call ``add_label`` once per update.
+    """
+
+    def add_labels(self, updates: Sequence[LabelUpdate]) -> list[LabelWriteStatus]:
+        """Apply every update in ONE transaction, each with ``add_label``'s semantics (label appended,
+        ``reward``/``labeled`` recomputed, a manual label wins, revision bumped).
+
+        An update whose ``expected_revision`` no longer matches is skipped with ``CONFLICT`` and a
+        missing episode with ``NOT_FOUND``; neither fails the others. Returns one status per update, in
+        input order. If it raises (``StoreUnavailableError``), nothing was written.
+        """
 
 
 def effective_reward(labels: Sequence[ep.Label]) -> float | None:

@@ -1,0 +1,203 @@
+"""RewardLabeling (short name ``rl``): scores an agent's episodes with a grader and reports whether the
+data gives a learning signal.
+
+The controller runs the pipeline's sample test (a few episodes, scores shown in status for review),
+then labels the selected episodes and runs the dry run, whose verdict (GO, WARNING, NO-GO) gates
+FineTuneJobs. The grader is embedded as the graders module reads it (``common.EmbeddedGrader``).
+This module holds only the spec and status shapes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, model_validator
+
+from lightning_op.api.common import (
+    AgentId,
+    ApiModel,
+    EmbeddedGrader,
+    FieldValueError,
+    Flag,
+    Fraction,
+    StatusModel,
+    cel_rule,
+    cel_rules,
+    spec_with_agent_id,
+    validate_at,
+)
+from lightning_op.api.conditions import StatusBase
+
+KIND = "RewardLabeling"
+MAX_SAMPLE_SIZE = 100
+
+
+class LabelingPhase(enum.StrEnum):
+    """Life cycle of a RewardLabeling."""
+
+    PENDING = "Pending"
+    SAMPLE_TESTED = "SampleTested"
+    LABELING = "Labeling"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+class LabelingMode(enum.StrEnum):
+    """Label once, or keep labeling new episodes every ``intervalSeconds``."""
+
+    ONCE = "Once"
+    CONTINUOUS = "Continuous"
+
+
+class Verdict(enum.StrEnum):
+    """The dry run's verdict on the labeled data."""
+
+    GO = "GO"
+    WARNING = "WARNING"
+    NO_GO = "NO-GO"
+
+
+_SINCE_BEFORE_UNTIL = cel_rule(
+    "!has(self.since) || !has(self.until) || self.since < self.until",
+    "since must be before until",
+    field_path=".until",
+)
+
+
+class EpisodeSelector(ApiModel):
+    """Which of the agent's episodes to label."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(_SINCE_BEFORE_UNTIL))
+
+    unlabeled_only: Flag = Field(default=True, description="Skip episodes that already have a reward.")
+    since: datetime | None = Field(
+        default=None, description="Only episodes at or after this time (RFC 3339)."
+    )
+    until: datetime | None = Field(default=None, description="Only episodes before this time (RFC 3339).")
+    limit: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None, description="Label at most this many episodes (newest first)."
+    )
+
+    @model_validator(mode="after")
+    def _since_before_until(self) -> EpisodeSelector:
+        if self.since is not None and self.until is not None and not self.since < self.until:
+            raise FieldValueError("until", "since must be before until")
+        return self
+
+
+class SampleTest(ApiModel):
+    """A few episodes graded first, their scores and reasons shown in status for a person to review."""
+
+    size: Annotated[int, Field(ge=1, le=MAX_SAMPLE_SIZE)] = Field(
+        default=5, description="Episodes in the sample test."
+    )
+
+
+class DryRun(ApiModel):
+    """Score statistics over a larger sample, turned into the GO / WARNING / NO-GO verdict."""
+
+    sample_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=200, description="Episodes scored for the dry run's statistics."
+    )
+
+
+class RewardLabelingSpec(ApiModel):
+    """Which episodes to label, with which grader, and how."""
+
+    agent_id: AgentId | None = Field(
+        default=None, description="Agent whose episodes are labeled; defaults to metadata.name."
+    )
+    selector: EpisodeSelector = Field(
+        default_factory=EpisodeSelector,
+        description="Which episodes to label.",
+        json_schema_extra={"default": {}},
+    )
+    grader: EmbeddedGrader = Field(
+        description="The grader spec (type and its settings), as `lightning-op test-grader` reads it."
+    )
+    sample_test: SampleTest = Field(
+        default_factory=SampleTest,
+        description="The sample test run before labeling.",
+        json_schema_extra={"default": {}},
+    )
+    dry_run: DryRun = Field(
+        default_factory=DryRun,
+        description="The dry run that yields the verdict.",
+        json_schema_extra={"default": {}},
+    )
+    mode: LabelingMode = Field(
+        default=LabelingMode.ONCE,
+        description="Once: label and stop. Continuous: label new episodes periodically.",
+    )
+    interval_seconds: Annotated[int, Field(ge=60, le=7 * 86400)] = Field(
+        default=3600, description="Continuous mode: seconds between labeling runs."
+    )
+    concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=4, description="Episodes graded at once (model graders call an API)."
+    )
+
+
+class SampleRecord(StatusModel):
+    """One graded episode of the sample test."""
+
+    episode_id: Annotated[str, Field(max_length=256)] = Field(description="Id of the episode.")
+    score: Fraction | None = Field(default=None, description="Score in [0, 1]; unset when grading failed.")
+    reason: Annotated[str, Field(max_length=4096)] = Field(default="", description="The grader's reason.")
+    error: Annotated[str, Field(max_length=4096)] | None = Field(
+        default=None, description="Why grading failed, when it did."
+    )
+
+
+class ScoreStats(StatusModel):
+    """Statistics of the dry run's scores."""
+
+    mean: Fraction | None = Field(default=None, description="Mean score.")
+    std: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
+        default=None, description="Standard deviation of the scores."
+    )
+    fraction_above_zero: Fraction | None = Field(default=None, description="Fraction of scores above 0.")
+    fraction_perfect: Fraction | None = Field(default=None, description="Fraction of scores equal to 1.")
+    count: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Scores the statistics cover."
+    )
+
+
+class RewardLabelingStatus(StatusBase):
+    """Sample test results, labeling progress, score statistics and the verdict."""
+
+    phase: LabelingPhase | None = Field(
+        default=None, description="Pending, SampleTested, Labeling, Completed or Failed."
+    )
+    sample: Annotated[list[SampleRecord], Field(max_length=MAX_SAMPLE_SIZE)] = Field(
+        default_factory=list, description="The sample test: episode, score and reason per record."
+    )
+    total: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Episodes selected for labeling."
+    )
+    labeled: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Episodes labeled so far.")
+    failed: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Episodes the grader could not score."
+    )
+    scores: ScoreStats | None = Field(default=None, description="Statistics of the dry run's scores.")
+    verdict: Verdict | None = Field(default=None, description="GO, WARNING or NO-GO.")
+    diagnosis: Annotated[str, Field(max_length=4096)] | None = Field(
+        default=None,
+        description="What the statistics suggest: grader too harsh, too lenient, or inconsistent data.",
+    )
+    last_run_time: datetime | None = Field(default=None, description="When the last labeling run finished.")
+    next_run_time: datetime | None = Field(
+        default=None, description="Continuous mode: when the next labeling run starts."
+    )
+
+
+def parse_spec(body: Mapping[str, Any]) -> RewardLabelingSpec:
+    """The spec of a RewardLabeling object body; raises ``SpecError`` naming the field."""
+    return validate_at(RewardLabelingSpec, spec_with_agent_id(body))
+
+
+def parse_status(body: Mapping[str, Any]) -> RewardLabelingStatus:
+    """The status of a RewardLabeling object body (empty when it has none yet)."""
+    return validate_at(RewardLabelingStatus, body.get("status") or {}, root="status")

@@ -1,0 +1,757 @@
+"""The capture client: what an agent uses to record its interactions as episodes.
+
+``EpisodeRecorder`` keeps recorded episodes in a bounded in-memory buffer and posts them in batches to
+the collector (``server``, ``POST /v1/episodes``) from one background daemon thread, with httpx.
+Recording costs microseconds and never blocks or raises into the agent: when the collector is slow or
+down, episodes wait in the buffer, and when the buffer is full new ones are dropped and counted in
+``stats`` (logged once). Episodes are validated with ``api.episode.Episode`` on the background thread;
+the id is derived from agent, session, turn and content, so a retried batch never duplicates.
+
+Configuration comes from the environment that ``EpisodeCapture`` sets on the agent's Deployment
+(``ENABLE_EPISODE_CAPTURE``, ``EPISODE_COLLECTOR_URL``, ``EPISODE_AGENT_ID``,
+``EPISODE_SAMPLING_RATE``, ``EPISODE_COLLECTOR_TOKEN``; ``EpisodeRecorder.from_env()``) or from
+arguments. ``modelVersion`` is ``TUNED_MODEL_NAME`` when ``USE_TUNED_MODEL=true``, else
+``MODEL_NAME`` (set by ``ModelPromotion``), unless given.
+
+Usage::
+
+    recorder = EpisodeRecorder.from_env()
+
+    with recorder.record(query=user_text, session_id=sid, turn=n) as rec:
+        rec.action("get_weather", {"city": "Paris"})
+        rec.result(call_tool(...))          # an exception here is recorded as `error`, then re-raised
+
+    @recorder.capture                       # one episode per call: arguments, result or error
+    def get_weather(city: str, query: str = "") -> dict: ...
+
+    recorder.submit({"agentId": "a", "state": {"query": "hi"}})   # a ready episode (dict or Episode)
+
+Values passed to ``action``/``result``/``submit`` are serialised later, on the background thread:
+do not mutate them afterwards. Non-JSON values (objects, sets, bytes) are converted to JSON-safe
+forms there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import email.utils
+import functools
+import gzip as gzip_mod
+import hashlib
+import inspect
+import json
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, date, datetime
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
+
+import httpx
+import pydantic
+
+from lightning_op import __version__
+from lightning_op.api import constants
+from lightning_op.api import episode as ep
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EPISODES_PATH = "/v1/episodes"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_MAX_RETRY_AFTER_S = 120.0
+_MAX_ERROR_CHARS = 4096
+_SKIP_PARAMS = frozenset({"self", "cls"})
+
+Sampling = Literal["session", "episode"]
+
+
+def _model_version_from_env(environ: Mapping[str, str]) -> str | None:
+    if environ.get(constants.ENV_USE_TUNED_MODEL, "").strip().lower() in _TRUE:
+        tuned = environ.get(constants.ENV_TUNED_MODEL_NAME, "").strip()
+        if tuned:
+            return tuned
+    return environ.get(constants.ENV_MODEL_NAME, "").strip() or None
+
+
+def _endpoint(url: str) -> str:
+    """Accept the collector's base URL or the full endpoint."""
+    url = url.strip().rstrip("/")
+    return url if url.endswith(EPISODES_PATH) else url + EPISODES_PATH
+
+
+def session_sampled(agent_id: str, session_id: str, rate: float) -> bool:
+    """A stable per-session decision: every episode of a session is kept, or none is."""
+    if rate >= 1.0:
+        return True
+    if rate <= 0.0:
+        return False
+    digest = hashlib.blake2b(f"{agent_id}\x00{session_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < rate
+
+
+class Recording:
+    """One interaction being recorded; returned by ``EpisodeRecorder.record``.
+
+    Use it as a context manager: on exit the episode is queued for sending, with ``error`` set when
+    the block raised (the exception still propagates). An unsampled or disabled recording accepts
+    the same calls and does nothing.
+    """
+
+    __slots__ = ("_recorder", "_data", "_done")
+
+    def __init__(self, recorder: EpisodeRecorder | None, data: dict[str, Any] | None) -> None:
+        self._recorder = recorder
+        self._data = data
+        self._done = False
+
+    @property
+    def sampled(self) -> bool:
+        """Whether this interaction will be sent."""
+        return self._data is not None
+
+    def action(self, tool: str, arguments: Mapping[str, Any] | None = None) -> None:
+        """The tool the agent called and its arguments."""
+        if self._data is not None:
+            self._data["action"] = {"tool": tool, "arguments": {} if arguments is None else arguments}
+
+    def result(self, value: Any) -> None:
+        """What the interaction produced (the tool's result, the answer)."""
+        if self._data is not None:
+            self._data["result"] = value
+
+    def set_context(self, value: Any) -> None:
+        """What else the agent saw (retrieved documents, user profile, ...)."""
+        if self._data is not None:
+            self._data["state"]["context"] = value
+
+    def message(self, role: str, content: str | None = None, **fields: Any) -> None:
+        """Append a chat message (OpenAI format: ``tool_calls=``, ``tool_call_id=``, ``name=``)."""
+        if self._data is not None:
+            self._data.setdefault("messages", []).append({"role": role, "content": content, **fields})
+
+    def error(self, message: str) -> None:
+        """Mark the interaction as failed (done for you when the ``with`` block raises)."""
+        if self._data is not None:
+            self._data["error"] = message[:_MAX_ERROR_CHARS]
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        self.finish(exc)
+        return False
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        """Queue the episode (once); ``exc`` is recorded as its error. Never raises."""
+        if self._done or self._data is None or self._recorder is None:
+            return
+        self._done = True
+        try:
+            if exc is not None and "error" not in self._data:
+                self._data["error"] = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
+            self._recorder._enqueue(self._data)
+        except Exception:  # the agent must never fail because of capture
+            log.debug("capture: could not queue an episode", exc_info=True)
+
+
+_NOOP = Recording(None, None)
+
+
+@dataclasses.dataclass
+class _Batch:
+    episodes: list[dict[str, Any]]
+    attempts: int = 0
+
+
+class EpisodeRecorder:
+    """Records episodes and sends them to the collector in the background; see the module docstring.
+
+    Thread-safe. Sending starts with the first episode. ``flush`` waits for what is buffered to be
+    sent; ``close`` flushes and stops the thread; at interpreter exit open recorders are flushed for at
+    most ``exit_timeout`` seconds in all. A recorder that is disabled (``enabled=False``, or no URL or
+    agent id) does nothing, cheaply.
+    """
+
+    def __init__(
+        self,
+        collector_url: str | None = None,
+        agent_id: str | None = None,
+        *,
+        enabled: bool = True,
+        sampling_rate: float = 1.0,
+        sampling: Sampling = "session",
+        token: str | None = None,
+        model_version: str | None = None,
+        batch_size: int = 100,
+        flush_interval: float = 1.0,
+        max_buffer: int = 10_000,
+        max_retries: int = 8,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        timeout: float = 10.0,
+        gzip: bool = False,
+        exit_timeout: float = 2.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not 0.0 <= sampling_rate <= 1.0:
+            raise ValueError(f"sampling_rate must be between 0 and 1, got {sampling_rate}")
+        if sampling not in ("session", "episode"):
+            raise ValueError(f"sampling must be 'session' or 'episode', got {sampling!r}")
+        for name, value in (("batch_size", batch_size), ("max_buffer", max_buffer)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.url = _endpoint(collector_url) if collector_url else None
+        self.agent_id = agent_id
+        self.enabled = bool(enabled and collector_url and agent_id)
+        self.sampling_rate = sampling_rate
+        self.sampling: Sampling = sampling
+        self.model_version = (
+            model_version if model_version is not None else _model_version_from_env(os.environ)
+        )
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_buffer = max_buffer
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.timeout = timeout
+        self.gzip = gzip
+        self.exit_timeout = exit_timeout
+        self._token = token
+        self._transport = transport
+        self._init_state()
+        _RECORDERS.add(self)
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._buffer: deque[dict[str, Any]] = deque()
+        self._in_flight = 0
+        self._flush_requested = False
+        self._closing = False
+        self._abort = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stats = {
+            "recorded": 0,  # queued for sending
+            "sampled_out": 0,  # not kept by sampling
+            "dropped": 0,  # the buffer was full
+            "invalid": 0,  # not a valid episode (checked before sending)
+            "accepted": 0,  # stored by the collector
+            "duplicates": 0,  # already stored (a retry)
+            "rejected": 0,  # refused by the collector's validation
+            "failed": 0,  # given up after retries, or refused as a whole (401, 400, ...)
+            "retries": 0,  # posts repeated after an error, 429 or 503
+        }
+        self._logged: set[str] = set()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> EpisodeRecorder:
+        """A recorder configured by ``EpisodeCapture``'s env vars; disabled unless
+        ``ENABLE_EPISODE_CAPTURE`` is true and a collector URL and agent id are set. A malformed value
+        is logged and ignored (the agent keeps running)."""
+        env = os.environ if environ is None else environ
+        enabled = env.get(constants.ENV_ENABLE_CAPTURE, "").strip().lower() in _TRUE
+        url = env.get(constants.ENV_COLLECTOR_URL, "").strip() or None
+        agent_id = env.get(constants.ENV_AGENT_ID, "").strip() or None
+        rate = 1.0
+        raw_rate = env.get(constants.ENV_SAMPLING_RATE, "").strip()
+        if raw_rate:
+            try:
+                rate = float(raw_rate)
+                if not 0.0 <= rate <= 1.0:
+                    raise ValueError
+            except ValueError:
+                log.warning(
+                    "capture: %s=%r is not a number between 0 and 1; sampling everything",
+                    constants.ENV_SAMPLING_RATE,
+                    raw_rate,
+                )
+                rate = 1.0
+        if enabled and (url is None or agent_id is None):
+            missing = constants.ENV_COLLECTOR_URL if url is None else constants.ENV_AGENT_ID
+            log.warning(
+                "capture: %s is true but %s is not set; capture is off", constants.ENV_ENABLE_CAPTURE, missing
+            )
+        kwargs: dict[str, Any] = {
+            "collector_url": url,
+            "agent_id": agent_id,
+            "enabled": enabled,
+            "sampling_rate": rate,
+            "token": env.get(constants.ENV_COLLECTOR_TOKEN, "").strip() or None,
+            "model_version": _model_version_from_env(env),
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    # -- the agent's side: cheap, never raises ---------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since start (a copy): recorded, sampled_out, dropped, invalid, accepted,
+        duplicates, rejected, failed, retries."""
+        with self._lock:
+            return dict(self._stats)
+
+    def _keep(self, session_id: str | None) -> bool:
+        rate = self.sampling_rate
+        if rate >= 1.0:
+            return True
+        if self.sampling == "session" and session_id is not None:
+            return session_sampled(self.agent_id or "", session_id, rate)
+        return random.random() < rate
+
+    def record(
+        self,
+        query: str = "",
+        *,
+        session_id: str | None = None,
+        turn: int | None = None,
+        context: Any = None,
+        model_version: str | None = None,
+        episode_id: str | None = None,
+    ) -> Recording:
+        """Start recording one interaction; use the result as a context manager."""
+        if not self.enabled:
+            return _NOOP
+        if not self._keep(session_id):
+            self._count("sampled_out")
+            return _NOOP
+        data: dict[str, Any] = {
+            "agentId": self.agent_id,
+            "timestamp": time.time(),
+            "state": {"query": query, "context": context},
+        }
+        if session_id is not None:
+            data["sessionId"] = session_id
+        if turn is not None:
+            data["turn"] = turn
+        version = model_version if model_version is not None else self.model_version
+        if version is not None:
+            data["modelVersion"] = version
+        if episode_id is not None:
+            data["id"] = episode_id
+        return Recording(self, data)
+
+    def submit(self, episode: ep.Episode | Mapping[str, Any]) -> bool:
+        """Queue a complete episode (an ``Episode`` or its JSON dict form). ``agentId`` and
+        ``modelVersion`` default to the recorder's. False when it was not queued (disabled, sampled
+        out, buffer full). Never raises."""
+        if not self.enabled:
+            return False
+        try:
+            if isinstance(episode, ep.Episode):
+                data = episode.to_json_dict()
+            else:
+                data = dict(episode)
+            session = data.get("sessionId", data.get("session_id"))
+            if not self._keep(session if isinstance(session, str) else None):
+                self._count("sampled_out")
+                return False
+            if "agentId" not in data and "agent_id" not in data:
+                data["agentId"] = self.agent_id
+            if self.model_version is not None and "modelVersion" not in data and "model_version" not in data:
+                data["modelVersion"] = self.model_version
+            return self._enqueue(data)
+        except Exception:
+            log.debug("capture: could not queue an episode", exc_info=True)
+            return False
+
+    @overload
+    def capture(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+
+    @overload
+    def capture(
+        self, *, tool: str | None = None, query_arg: str = "query", session_arg: str = "session_id"
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+    def capture(
+        self,
+        func: Callable[..., Any] | None = None,
+        *,
+        tool: str | None = None,
+        query_arg: str = "query",
+        session_arg: str = "session_id",
+    ) -> Any:
+        """Decorate a tool-calling function (sync or async): each call is one episode with the tool
+        (``tool`` or the function's name), its arguments, and its return value as result or its
+        exception as error (re-raised). Arguments named ``query_arg``/``session_arg`` fill
+        ``state.query`` and ``sessionId``."""
+
+        def decorate(f: Callable[P, R]) -> Callable[P, R]:
+            name: str = tool or str(getattr(f, "__name__", "tool"))
+            signature = inspect.signature(f)
+
+            def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Recording:
+                if not self.enabled:
+                    return _NOOP
+                try:
+                    bound = signature.bind_partial(*args, **kwargs)
+                    arguments = {k: v for k, v in bound.arguments.items() if k not in _SKIP_PARAMS}
+                except TypeError:
+                    arguments = {"args": list(args), **kwargs}
+                query = arguments.get(query_arg)
+                session = arguments.get(session_arg)
+                rec = self.record(
+                    query if isinstance(query, str) else "",
+                    session_id=session if isinstance(session, str) else None,
+                )
+                rec.action(name, arguments)
+                return rec
+
+            if inspect.iscoroutinefunction(f):
+                async_f = cast(Callable[..., Awaitable[Any]], f)
+
+                @functools.wraps(f)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    rec = start(args, kwargs)
+                    with rec:
+                        value = await async_f(*args, **kwargs)
+                        rec.result(value)
+                        return value
+
+                return cast(Callable[P, R], async_wrapper)
+
+            @functools.wraps(f)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                rec = start(args, kwargs)
+                with rec:
+                    value = f(*args, **kwargs)
+                    rec.result(value)
+                    return value
+
+            return wrapper
+
+        return decorate(func) if func is not None else decorate
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats[key] += n
+
+    def _enqueue(self, data: dict[str, Any]) -> bool:
+        with self._lock:
+            if self._closing:
+                self._stats["dropped"] += 1
+                return False
+            if len(self._buffer) >= self.max_buffer:
+                self._stats["dropped"] += 1
+                first = "dropped" not in self._logged
+                self._logged.add("dropped")
+            else:
+                self._buffer.append(data)
+                self._stats["recorded"] += 1
+                if len(self._buffer) >= self.batch_size:
+                    self._cond.notify()
+                if self._thread is None:
+                    self._start_thread()
+                return True
+        if first:
+            log.warning(
+                "capture: buffer full (%d episodes), dropping new episodes; the collector at %s is "
+                "slow or unreachable (see recorder.stats['dropped'])",
+                self.max_buffer,
+                self.url,
+            )
+        return False
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="episode-capture", daemon=True)
+        self._thread.start()
+
+    # -- flushing and closing --------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Wait until every buffered episode was sent (or given up); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if self._thread is None:
+                return not self._buffer
+            self._flush_requested = True
+            self._cond.notify_all()
+            while self._buffer or self._in_flight:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            self._flush_requested = False
+            return True
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Flush for up to ``timeout`` seconds, then stop the background thread; what could not be
+        sent by then is counted as failed (and logged). Later episodes are dropped."""
+        with self._lock:
+            failed_before = self._stats["failed"]
+        flushed = self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if not flushed:
+            self._abort.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            # Bounded: a daemon thread stuck in a slow POST must not hold up the exit of the agent.
+            thread.join(timeout=None if flushed else 1.0)
+        with self._lock:
+            self._stats["failed"] += len(self._buffer)
+            self._buffer.clear()
+            lost = self._stats["failed"] - failed_before
+        if lost:
+            log.warning("capture: closed with %d episodes not sent to %s", lost, self.url)
+
+    def __enter__(self) -> EpisodeRecorder:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- the background thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0)),
+            transport=self._transport,
+            headers=self._headers(),
+        )
+        try:
+            while True:
+                with self._cond:
+                    batch = self._next_batch()
+                    if batch is None:
+                        return
+                    self._in_flight = len(batch)
+                try:
+                    self._send(client, batch)
+                except Exception:  # a bug here must not kill sending for good
+                    log.exception("capture: sending a batch failed unexpectedly")
+                    self._count("failed", len(batch))
+                finally:
+                    with self._cond:
+                        self._in_flight = 0
+                        self._cond.notify_all()
+        finally:
+            client.close()
+
+    def _next_batch(self) -> list[dict[str, Any]] | None:
+        """Under the lock: wait for a full batch, the flush interval, a flush or close; None to stop."""
+        while not self._buffer:
+            if self._closing:
+                return None
+            self._cond.wait(self.flush_interval)
+        deadline = time.monotonic() + self.flush_interval
+        while len(self._buffer) < self.batch_size and not (self._flush_requested or self._closing):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+        n = min(self.batch_size, len(self._buffer))
+        return [self._buffer.popleft() for _ in range(n)]
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": f"lightning-op-capture/{__version__}"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if self.gzip:
+            headers["Content-Encoding"] = "gzip"
+        return headers
+
+    def _send(self, client: httpx.Client, raw: list[dict[str, Any]]) -> None:
+        episodes = []
+        for data in raw:
+            episode = self._validate(data)
+            if episode is not None:
+                episodes.append(episode)
+        if episodes:
+            self._post(client, _Batch(episodes))
+
+    def _validate(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        if isinstance(data.get("timestamp"), float):
+            data["timestamp"] = datetime.fromtimestamp(data["timestamp"], UTC)
+        try:
+            try:
+                return ep.Episode.model_validate(data).to_json_dict()
+            except pydantic.ValidationError:
+                # Perhaps only non-JSON values (objects, sets, bytes): convert them and try again.
+                return ep.Episode.model_validate(_json_safe(data)).to_json_dict()
+        except (pydantic.ValidationError, ValueError, TypeError, RecursionError) as exc:
+            self._count("invalid")
+            self._log_once(
+                "invalid",
+                "capture: an episode is not valid and was not sent (%s); further ones are counted in "
+                "recorder.stats['invalid']",
+                ep.validation_reason(exc),
+            )
+            return None
+
+    def _post(self, client: httpx.Client, batch: _Batch) -> None:
+        body = json.dumps(batch.episodes, ensure_ascii=False, separators=(",", ":")).encode()
+        if self.gzip:
+            body = gzip_mod.compress(body, compresslevel=5)
+        while True:
+            if self._abort.is_set():
+                self._count("failed", len(batch.episodes))
+                return
+            batch.attempts += 1
+            delay: float | None
+            try:
+                response = client.post(self.url or "", content=body)
+            except httpx.HTTPError as exc:
+                delay = self._backoff(batch.attempts)
+                self._log_once(
+                    "unreachable", "capture: collector %s unreachable (%s); retrying", self.url, exc
+                )
+            else:
+                status = response.status_code
+                if status in (200, 207, 422):
+                    self._count_results(response, len(batch.episodes))
+                    return
+                if status == 413 and len(batch.episodes) > 1:
+                    half = len(batch.episodes) // 2
+                    self._post(client, _Batch(batch.episodes[:half]))
+                    self._post(client, _Batch(batch.episodes[half:]))
+                    return
+                if status in (429, 503) or status >= 500:
+                    delay = _retry_after(response) if status in (429, 503) else None
+                    if delay is None:
+                        delay = self._backoff(batch.attempts)
+                else:
+                    self._count("failed", len(batch.episodes))
+                    self._log_once(
+                        f"http-{status}",
+                        "capture: the collector refused a batch with HTTP %d (%s); not retrying",
+                        status,
+                        _error_text(response),
+                    )
+                    return
+            if batch.attempts > self.max_retries:
+                self._count("failed", len(batch.episodes))
+                log.warning(
+                    "capture: gave up on %d episodes after %d attempts to reach %s",
+                    len(batch.episodes),
+                    batch.attempts,
+                    self.url,
+                )
+                return
+            self._count("retries")
+            if self._abort.wait(min(delay, _MAX_RETRY_AFTER_S)):
+                self._count("failed", len(batch.episodes))
+                return
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential backoff with full jitter: many agents restarting together do not retry in step.
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _count_results(self, response: httpx.Response, sent: int) -> None:
+        try:
+            body = response.json()
+            accepted, duplicates, rejected = body["accepted"], body["duplicates"], body["rejected"]
+            results = body.get("results", [])
+        except (ValueError, KeyError, TypeError):
+            self._log_once(
+                "bad-response", "capture: the collector's answer is not understood; counted as sent"
+            )
+            self._count("accepted", sent)
+            return
+        with self._lock:
+            self._stats["accepted"] += int(accepted)
+            self._stats["duplicates"] += int(duplicates)
+            self._stats["rejected"] += int(rejected)
+        if rejected:
+            reason = next((r.get("reason") for r in results if r.get("status") == "rejected"), None)
+            self._log_once(
+                "rejected",
+                "capture: the collector rejected %d episodes (first reason: %s); not retrying them, "
+                "further rejections are counted in recorder.stats['rejected']",
+                rejected,
+                reason,
+            )
+
+    def _log_once(self, key: str, message: str, *args: Any) -> None:
+        with self._lock:
+            if key in self._logged:
+                return
+            self._logged.add(key)
+        log.warning(message, *args)
+
+    def _after_fork(self) -> None:
+        # A forked child has no sending thread and a copied lock that may be held: start afresh
+        # (episodes buffered in the parent are the parent's to send).
+        self._init_state()
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", ""))[:300]
+    except (ValueError, AttributeError):
+        return response.reason_phrase
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return repr(value)
+
+
+def _json_safe(data: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(data, default=_json_default, allow_nan=False))
+
+
+# Every live recorder, for the exit flush and the fork reset; weak so recorders can be collected.
+_RECORDERS: weakref.WeakSet[EpisodeRecorder] = weakref.WeakSet()
+
+
+def _flush_all_at_exit() -> None:
+    recorders = [r for r in list(_RECORDERS) if r._thread is not None and not r._closing]
+    if not recorders:
+        return
+    deadline = time.monotonic() + max(r.exit_timeout for r in recorders)
+    for recorder in recorders:
+        try:
+            recorder.close(timeout=max(0.0, deadline - time.monotonic()))
+        except Exception:
+            log.debug("capture: flush at exit failed", exc_info=True)
+
+
+def _reset_after_fork() -> None:
+    for recorder in list(_RECORDERS):
+        recorder._after_fork()
+
+
+atexit.register(_flush_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

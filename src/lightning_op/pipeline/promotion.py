@@ -1,0 +1,369 @@
+"""Promotion and its check on live traffic: reward statistics of episodes split by ``modelVersion``.
+
+``compare_versions(store, agent_id, before, after, since)`` sums up the live episodes the capture
+client recorded for two model versions (average reward of the labeled ones, error rate, counts);
+``verification_verdict`` turns a comparison into Passed / Failed / Pending with the limits of a
+ModelPromotion's ``spec.verification``. ``promote`` records a promotion (store record
+``("promotion", id)``: previous and promoted model, adapter, job) after asking a running
+``lightning-op serve`` to switch to the adapter (``POST /admin/adapter``).
+
+The CLI (``promote-model``, ``compare-versions``) and the ModelPromotion controller share these
+functions. Talks to ``store.base`` and, for the server, plain HTTP (httpx); never prints.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from lightning_op.store import base as store_base
+
+RECORD_KIND = "promotion"
+TRAINING_RECORD_KIND = "training-job"
+#: the name rows of episodes without a ``modelVersion`` get
+UNKNOWN_VERSION = "(none)"
+SERVER_TIMEOUT_S = 120.0
+
+
+class PromotionError(ValueError):
+    """A promotion cannot be done as asked (no adapter, server refused); the message says why."""
+
+
+@dataclass
+class VersionStats:
+    """Live episodes of one model version."""
+
+    model_version: str
+    episodes: int = 0
+    labeled: int = 0
+    errors: int = 0
+    avg_reward: float | None = None
+    std_reward: float | None = None
+    min_reward: float | None = None
+    max_reward: float | None = None
+    first: datetime | None = None
+    last: datetime | None = None
+    rewards: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.episodes if self.episodes else 0.0
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "modelVersion": self.model_version,
+            "episodes": self.episodes,
+            "labeled": self.labeled,
+            "avgReward": None if self.avg_reward is None else round(self.avg_reward, 6),
+            "stdReward": None if self.std_reward is None else round(self.std_reward, 6),
+            "minReward": self.min_reward,
+            "maxReward": self.max_reward,
+            "errorRate": round(self.error_rate, 6),
+            "errors": self.errors,
+            "first": self.first.isoformat() if self.first else None,
+            "last": self.last.isoformat() if self.last else None,
+        }
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def summarise_versions(episodes: Iterable[Mapping[str, Any]]) -> dict[str, VersionStats]:
+    """Group episode dicts (``Episode.to_json_dict`` shape) by ``modelVersion`` and sum them up."""
+    stats: dict[str, VersionStats] = {}
+    for episode in episodes:
+        version = str(episode.get("modelVersion") or UNKNOWN_VERSION)
+        entry = stats.setdefault(version, VersionStats(model_version=version))
+        entry.episodes += 1
+        if episode.get("error"):
+            entry.errors += 1
+        reward = episode.get("reward")
+        if episode.get("labeled") and isinstance(reward, int | float) and not isinstance(reward, bool):
+            entry.labeled += 1
+            entry.rewards.append(float(reward))
+        when = _parse_time(episode.get("timestamp"))
+        if when is not None:
+            entry.first = when if entry.first is None or when < entry.first else entry.first
+            entry.last = when if entry.last is None or when > entry.last else entry.last
+    for entry in stats.values():
+        if entry.rewards:
+            n = len(entry.rewards)
+            mean = sum(entry.rewards) / n
+            entry.avg_reward = mean
+            entry.std_reward = math.sqrt(sum((r - mean) ** 2 for r in entry.rewards) / n)
+            entry.min_reward, entry.max_reward = min(entry.rewards), max(entry.rewards)
+    return stats
+
+
+def version_stats(
+    store: store_base.EpisodeStore, agent_id: str, since: datetime | None = None
+) -> dict[str, VersionStats]:
+    """Every model version of the agent's episodes (since ``since``), with its statistics."""
+    query = store_base.EpisodeQuery(agent_id=agent_id, since=since)
+    return summarise_versions(store.iter_json(query))
+
+
+@dataclass
+class Comparison:
+    """Two versions side by side, ``after`` minus ``before``."""
+
+    agent_id: str
+    before: VersionStats
+    after: VersionStats
+    since: datetime | None = None
+
+    @property
+    def reward_delta(self) -> float | None:
+        if self.before.avg_reward is None or self.after.avg_reward is None:
+            return None
+        return self.after.avg_reward - self.before.avg_reward
+
+    @property
+    def error_rate_delta(self) -> float:
+        return self.after.error_rate - self.before.error_rate
+
+    def to_json_dict(self) -> dict[str, Any]:
+        delta = self.reward_delta
+        return {
+            "agentId": self.agent_id,
+            "since": self.since.isoformat() if self.since else None,
+            "before": self.before.to_json_dict(),
+            "after": self.after.to_json_dict(),
+            "rewardDelta": None if delta is None else round(delta, 6),
+            "errorRateDelta": round(self.error_rate_delta, 6),
+        }
+
+
+def default_versions(store: store_base.EpisodeStore, agent_id: str, stats: Mapping[str, VersionStats]) -> tuple[str, str]:
+    """Versions to compare when none were named: the agent's latest promotion (previous -> promoted),
+    else its two most recently seen versions (older one first)."""
+    latest = latest_promotion(store, agent_id=agent_id)
+    if latest is not None and latest.get("previousModel") and latest.get("promotedModel"):
+        return str(latest["previousModel"]), str(latest["promotedModel"])
+    seen = sorted(
+        (s for s in stats.values() if s.model_version != UNKNOWN_VERSION),
+        key=lambda s: s.last or datetime.min.replace(tzinfo=UTC),
+    )
+    if len(seen) < 2:
+        names = ", ".join(s.model_version for s in stats.values()) or "none"
+        raise ValueError(
+            f"agent {agent_id} has episodes of fewer than two model versions ({names}) and no promotion: "
+            "name them with --before and --after"
+        )
+    return seen[-2].model_version, seen[-1].model_version
+
+
+def compare_versions(
+    store: store_base.EpisodeStore,
+    agent_id: str,
+    before: str | None = None,
+    after: str | None = None,
+    since: datetime | None = None,
+) -> Comparison:
+    """Reward statistics of the agent's live episodes of ``before`` and ``after`` (see ``default_versions``).
+
+    A version with no episodes is reported with zero episodes, not an error: right after a promotion
+    the new version has none yet, which ``verification_verdict`` reports as Pending.
+    """
+    stats = version_stats(store, agent_id, since)
+    if before is None or after is None:
+        default_before, default_after = default_versions(store, agent_id, stats)
+        before = before or default_before
+        after = after or default_after
+    return Comparison(
+        agent_id=agent_id,
+        before=stats.get(before) or VersionStats(model_version=before),
+        after=stats.get(after) or VersionStats(model_version=after),
+        since=since,
+    )
+
+
+class VerdictStatus(enum.StrEnum):
+    PASSED = "Passed"
+    FAILED = "Failed"
+    #: not enough labeled episodes of the new version yet
+    PENDING = "Pending"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: VerdictStatus
+    message: str
+    reasons: tuple[str, ...] = ()
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"status": self.status.value, "message": self.message, "reasons": list(self.reasons)}
+
+
+def verification_verdict(
+    comparison: Comparison,
+    max_reward_drop: float,
+    max_error_rate_increase: float,
+    min_episodes: int,
+) -> Verdict:
+    """Did the promoted version hold up on live traffic?
+
+    Pending until ``after`` has ``min_episodes`` labeled episodes (and ``before`` has at least one to
+    compare with); Failed when the average reward dropped by more than ``max_reward_drop`` or the
+    error rate rose by more than ``max_error_rate_increase``; Passed otherwise.
+    """
+    before, after = comparison.before, comparison.after
+    if after.labeled < min_episodes:
+        return Verdict(
+            VerdictStatus.PENDING,
+            f"{after.model_version} has {after.labeled} labeled episodes of {min_episodes} needed",
+        )
+    reasons: list[str] = []
+    delta = comparison.reward_delta
+    if delta is None:
+        if before.labeled == 0:
+            return Verdict(
+                VerdictStatus.PENDING, f"{before.model_version} has no labeled episodes to compare with"
+            )
+    elif -delta > max_reward_drop:
+        reasons.append(
+            f"average reward fell {-delta:.3f} ({before.avg_reward:.3f} -> {after.avg_reward:.3f}), "
+            f"more than the allowed {max_reward_drop:.3f}"
+        )
+    if comparison.error_rate_delta > max_error_rate_increase:
+        reasons.append(
+            f"error rate rose {comparison.error_rate_delta:.3f} ({before.error_rate:.3f} -> "
+            f"{after.error_rate:.3f}), more than the allowed {max_error_rate_increase:.3f}"
+        )
+    if reasons:
+        return Verdict(VerdictStatus.FAILED, "; ".join(reasons), tuple(reasons))
+    change = "n/a" if delta is None else f"{delta:+.3f}"
+    return Verdict(
+        VerdictStatus.PASSED,
+        f"{after.model_version} holds up on {after.labeled} labeled episodes (reward {change}, "
+        f"error rate {comparison.error_rate_delta:+.3f})",
+    )
+
+
+# ------------------------------------------------------------------------------------------ promote
+
+
+def latest_promotion(
+    store: store_base.EpisodeStore, *, agent_id: str | None = None, job_id: str | None = None
+) -> dict[str, Any] | None:
+    """The newest promotion record, optionally of one agent or one training job."""
+    found = [dict(r.data) for r in store.list_records(RECORD_KIND)]
+    if agent_id is not None:
+        found = [p for p in found if p.get("agentId") == agent_id]
+    if job_id is not None:
+        found = [p for p in found if p.get("jobId") == job_id]
+    found.sort(key=lambda p: str(p.get("promoted", "")))
+    return found[-1] if found else None
+
+
+def adapter_of_job(store: store_base.EpisodeStore, job_id: str) -> tuple[str, dict[str, Any]]:
+    """The best round's adapter of a finished training job, and the job."""
+    record = store.get_record(TRAINING_RECORD_KIND, job_id)
+    if record is None:
+        raise PromotionError(f"no training job {job_id!r} in the store")
+    job = dict(record.data)
+    adapter = job.get("fineTunedModel")
+    if job.get("phase") != "Succeeded" or not adapter:
+        raise PromotionError(
+            f"training job {job_id} has no fine-tuned model to promote (phase {job.get('phase')}: "
+            f"{job.get('message') or 'no message'})"
+        )
+    return str(adapter), job
+
+
+def _admin_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def served_adapter(serve_url: str, *, token: str | None = None) -> dict[str, Any]:
+    """What a running ``lightning-op serve`` serves now (``GET /admin/adapter``)."""
+    import httpx
+
+    url = serve_url.rstrip("/") + "/admin/adapter"
+    try:
+        response = httpx.get(url, headers=_admin_headers(token), timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise PromotionError(f"cannot reach the model server at {serve_url}: {exc}") from exc
+    if response.status_code != 200:
+        raise PromotionError(f"model server {serve_url} answered {response.status_code}: {response.text[:200]}")
+    data = response.json()
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def switch_served_adapter(
+    serve_url: str, adapter: str, *, name: str | None = None, token: str | None = None
+) -> dict[str, Any]:
+    """Tell a running ``lightning-op serve`` to load ``adapter`` (``POST /admin/adapter``)."""
+    import httpx
+
+    url = serve_url.rstrip("/") + "/admin/adapter"
+    body: dict[str, Any] = {"adapter": adapter}
+    if name:
+        body["name"] = name
+    try:
+        response = httpx.post(url, json=body, headers=_admin_headers(token), timeout=SERVER_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise PromotionError(f"cannot reach the model server at {serve_url}: {exc}") from exc
+    if response.status_code != 200:
+        try:
+            reason = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = response.text[:200]
+        raise PromotionError(f"model server {serve_url} refused the adapter {adapter}: {reason}")
+    data = response.json()
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def promote(
+    store: store_base.EpisodeStore,
+    *,
+    adapter: str,
+    agent_id: str | None = None,
+    job_id: str | None = None,
+    model_name: str | None = None,
+    previous_model: str | None = None,
+    serve_url: str | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """Switch the served model to ``adapter`` (when ``serve_url``) and record the promotion.
+
+    ``previous_model`` defaults to what the server served before (its tuned name, else its base
+    name), else the agent's last promoted model. Returns the promotion record.
+    """
+    server: dict[str, Any] | None = None
+    if serve_url:
+        before = served_adapter(serve_url, token=token)
+        if previous_model is None:
+            previous_model = before.get("tunedName") if before.get("adapter") else before.get("baseName")
+        server = switch_served_adapter(serve_url, adapter, name=model_name, token=token)
+        model_name = model_name or server.get("tunedName")
+    if previous_model is None and agent_id is not None:
+        last = latest_promotion(store, agent_id=agent_id)
+        previous_model = last.get("promotedModel") if last else None
+    now = datetime.now(UTC)
+    promotion_id = f"promo-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    data: dict[str, Any] = {
+        "id": promotion_id,
+        "agentId": agent_id,
+        "jobId": job_id,
+        "adapter": adapter,
+        "previousModel": previous_model,
+        "promotedModel": model_name or adapter,
+        "serveUrl": serve_url,
+        "server": server,
+        "promoted": now.isoformat(),
+    }
+    store.put_record(RECORD_KIND, promotion_id, data, expected_revision=0)
+    return data

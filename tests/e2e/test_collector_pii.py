@@ -1,0 +1,120 @@
+"""Personal data and secrets sent through the collector never reach its logs or the database file.
+
+Covers: emails, payment card numbers, phone numbers, API keys, bearer tokens and passwords planted in
+every free-text field (query, context, tool arguments, result, chat messages, error, session id),
+sent by the capture client, as a raw JSON batch, as gzip JSON Lines, and inside episodes the
+collector rejects: the collector, run with debug logging, writes none of them to stderr; none of
+their bytes are in the SQLite files (database and WAL) after shutdown; the stored episodes carry
+``[REDACTED:<kind>]`` placeholders and redaction counts instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from support.collector_process import CollectorProcess
+
+from lightning_op import store as store_mod
+from lightning_op.collector import capture
+from lightning_op.store import base as store_base
+
+PLANTED = {
+    "email": "jane.doe@example.com",
+    "card": "4111 1111 1111 1111",
+    "card-dashed": "5500-0000-0000-0004",
+    "phone": "+44 20 7946 0958",
+    "openai-key": "sk-proj-Zx81Qw72Er63Ty54Ui45Op36As27",
+    "github-token": "ghp_Q1w2E3r4T5y6U7i8O9p0A1s2D3f4G5h6J7k8",
+    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "password": "hunter2-Correct-Horse",
+}
+
+
+def pii_episode(n: int, agent: str = "pii-bot") -> dict[str, Any]:
+    return {
+        "agentId": agent,
+        "sessionId": f"session of {PLANTED['email']}",
+        "turn": n,
+        "state": {
+            "query": f"Email {PLANTED['email']} or call {PLANTED['phone']} about card {PLANTED['card']}",
+            "context": {"profile": {"email": PLANTED["email"], "card": PLANTED["card-dashed"]}},
+        },
+        "action": {
+            "tool": "charge_card",
+            "arguments": {"card": PLANTED["card"], "api_key": PLANTED["openai-key"]},
+        },
+        "messages": [
+            {"role": "user", "content": f"my github token is {PLANTED['github-token']}"},
+            {"role": "assistant", "content": f"calling with Authorization: Bearer {PLANTED['jwt']}"},
+        ],
+        "result": {"receipt": f"sent to {PLANTED['email']}", "password": PLANTED["password"]},
+        "error": f"login failed with password={PLANTED['password']}",
+    }
+
+
+def test_planted_personal_data_reaches_neither_logs_nor_the_database_file(tmp_path: Path) -> None:
+    db = tmp_path / "episodes.db"
+    store_url = f"sqlite:///{db}"
+    with CollectorProcess(store_url, verbose=True) as collector:
+        recorder = capture.EpisodeRecorder(collector.url, "pii-bot", flush_interval=0.05)
+        for turn in range(5):
+            with recorder.record(
+                query=f"I am {PLANTED['email']}, card {PLANTED['card']}", session_id="capture", turn=turn
+            ) as rec:
+                rec.action("pay", {"card": PLANTED["card-dashed"], "token": PLANTED["github-token"]})
+                rec.result(f"charged; call {PLANTED['phone']}")
+        assert recorder.flush(10)
+        recorder.close()
+
+        with httpx.Client(base_url=collector.url) as http:
+            raw = http.post(
+                "/v1/episodes",
+                content=json.dumps([pii_episode(n) for n in range(5)]).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            lines = "\n".join(json.dumps(pii_episode(n)) for n in range(5, 10)).encode()
+            packed = http.post(
+                "/v1/episodes",
+                content=gzip.compress(lines),
+                headers={"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"},
+            )
+            invalid = [{**pii_episode(n, agent="pii rejected"), "turn": -1} for n in range(3)]
+            rejected = http.post(
+                "/v1/episodes",
+                content=json.dumps(invalid).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            not_json = http.post(
+                "/v1/episodes",
+                content=f"{{oops {PLANTED['email']} {PLANTED['jwt']}".encode(),
+                headers={"Content-Type": "application/json"},
+            )
+
+    assert collector.proc.returncode == 0
+    assert recorder.stats["accepted"] == 5
+    assert raw.json()["accepted"] == 5 and packed.json()["accepted"] == 5
+    assert rejected.status_code == 422 and not_json.status_code == 400
+    assert "DEBUG" in collector.log, "the collector should have run with debug logging"
+    for kind, value in PLANTED.items():
+        assert value not in collector.log, f"{kind} leaked into the collector's log"
+
+    files = sorted(p for p in tmp_path.iterdir() if p.name.startswith("episodes.db"))
+    assert files and files[0] == db
+    data = b"".join(p.read_bytes() for p in files)
+    for kind, value in PLANTED.items():
+        for form in {value, value.replace(" ", ""), value.replace("-", "")}:
+            assert form.encode() not in data, f"{kind} ({form}) is in the database files"
+
+    store = store_mod.open_store(store_url)
+    try:
+        episodes = list(store.iter_episodes(store_base.EpisodeQuery(agent_id="pii-bot")))
+    finally:
+        store.close()
+    assert len(episodes) == 15
+    for episode in episodes:
+        assert "[REDACTED:" in episode.state.query
+        assert episode.redactions.get("email", 0) + episode.redactions.get("credit_card", 0) >= 1
