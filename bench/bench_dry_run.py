@@ -49,7 +49,9 @@ def make_episodes(count: int) -> list[ep.Episode]:
             session_id=f"s-{i}",
             turn=0,
             timestamp=t0 + timedelta(seconds=i),
-            state=ep.State(query=f"what is the weather in city {i}?", context={"expected_tool": TOOLS[i % 4]}),
+            state=ep.State(
+                query=f"what is the weather in city {i}?", context={"expected_tool": TOOLS[i % 4]}
+            ),
             action=ep.Action(tool=TOOLS[(i * 7) % 4], arguments={"city": f"city {i}"}),
         )
         for i in range(count)
@@ -58,7 +60,15 @@ def make_episodes(count: int) -> list[ep.Episode]:
 
 def start_judge(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
     judge = subprocess.Popen(
-        [sys.executable, "-m", "lightning_op.testing.judge_server", "--port", "0", "--latency-ms", str(latency_ms)],
+        [
+            sys.executable,
+            "-m",
+            "lightning_op.testing.judge_server",
+            "--port",
+            "0",
+            "--latency-ms",
+            str(latency_ms),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -70,7 +80,9 @@ def start_judge(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
     return judge, line.split()[-1]
 
 
-async def timed_dry_run(store_url: str, base_url: str, sample_size: int, concurrency: int) -> tuple[float, int]:
+async def timed_dry_run(
+    store_url: str, base_url: str, sample_size: int, concurrency: int
+) -> tuple[float, int]:
     spec = graders.load_grader_spec(
         {
             "type": "score_model",
@@ -126,7 +138,9 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}, python {platform.python_version()}")
     print(f"judge latency: {args.latency_ms:g} ms per request, {args.sample_size} samples")
     print(f"sequential (concurrency 1): {sequential:.2f}s ({n_seq / sequential:.1f} samples/s)")
-    print(f"concurrent (concurrency {args.concurrency}): {concurrent:.2f}s ({n_con / concurrent:.1f} samples/s)")
+    print(
+        f"concurrent (concurrency {args.concurrency}): {concurrent:.2f}s ({n_con / concurrent:.1f} samples/s)"
+    )
     verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
     print(
         f"bench_dry_run: {args.sample_size}-sample dry run, {args.latency_ms:g} ms judge: "

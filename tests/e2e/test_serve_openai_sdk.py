@@ -49,15 +49,24 @@ TOOLS = [
     for name in ("sales_report", "forecast_sales", "top_products")
 ]
 QUERIES = [
-    "How are sales?", "Show me the numbers.", "What happened last month?", "Tell me about revenue.",
-    "Anything new?", "Give me an update.", "Where do we stand?", "Report please.",
+    "How are sales?",
+    "Show me the numbers.",
+    "What happened last month?",
+    "Tell me about revenue.",
+    "Anything new?",
+    "Give me an update.",
+    "Where do we stand?",
+    "Report please.",
 ]
 _LISTENING = re.compile(r"model server listening on (http://\S+)/v1")
 
 
 def _rows(tool: str) -> list[dict[str, Any]]:
     call = {"type": "function", "function": {"name": tool, "arguments": '{"region":"north"}'}}
-    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "tool_calls": [call]}]} for q in QUERIES]
+    return [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "tool_calls": [call]}]}
+        for q in QUERIES
+    ]
 
 
 def _train_base(path: Path) -> Path:
@@ -69,7 +78,9 @@ def _train_base(path: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     encoded = [
-        tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        tokenizer.apply_chat_template(
+            r["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         for r in _rows("sales_report")
     ]
     width = max(len(e["input_ids"]) for e in encoded)
@@ -99,8 +110,15 @@ def _train_adapter(base: Path, tool: str, workdir: Path) -> Path:
             "trainFile": str(train),
             "outputDir": str(workdir / "out"),
             "hyperparameters": {
-                "epochs": 60, "learningRate": 1e-2, "batchSize": 4, "loraRank": 8, "loraAlpha": 16,
-                "loraDropout": 0.0, "warmupRatio": 0.0, "checkpointSteps": 0, "packing": False,
+                "epochs": 60,
+                "learningRate": 1e-2,
+                "batchSize": 4,
+                "loraRank": 8,
+                "loraAlpha": 16,
+                "loraDropout": 0.0,
+                "warmupRatio": 0.0,
+                "checkpointSteps": 0,
+                "packing": False,
             },
         }
     )
@@ -121,9 +139,22 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 class Server:
     def __init__(self, base: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lightning_op.cli", "serve", "--base", str(base),
-             "--tuned-name", "analytics-tuned", "--port", "0"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "lightning_op.cli",
+                "serve",
+                "--base",
+                str(base),
+                "--tuned-name",
+                "analytics-tuned",
+                "--port",
+                "0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.url = ""
         self.lines: list[str] = []
@@ -166,9 +197,15 @@ def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=60)
 
 
-def tool_call(client: openai.OpenAI, model: str, query: str = "Anything new this week?") -> tuple[str, dict[str, Any]]:
+def tool_call(
+    client: openai.OpenAI, model: str, query: str = "Anything new this week?"
+) -> tuple[str, dict[str, Any]]:
     reply = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": query}], tools=TOOLS, temperature=0, max_tokens=80  # type: ignore[arg-type]
+        model=model,
+        messages=[{"role": "user", "content": query}],
+        tools=TOOLS,
+        temperature=0,
+        max_tokens=80,  # type: ignore[arg-type]
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls", choice.message
@@ -191,8 +228,12 @@ def test_serves_the_base_model_with_openai_tool_calls(client: openai.OpenAI) -> 
 
 def test_streaming_returns_the_tool_call_in_chunks(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="analytics-base", messages=[{"role": "user", "content": "How are sales?"}], tools=TOOLS,  # type: ignore[arg-type]
-        temperature=0, max_tokens=80, stream=True,
+        model="analytics-base",
+        messages=[{"role": "user", "content": "How are sales?"}],
+        tools=TOOLS,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=80,
+        stream=True,
     )
     chunks = list(stream)
     calls = [c for chunk in chunks for c in (chunk.choices[0].delta.tool_calls or [])]
@@ -209,8 +250,9 @@ def test_tuned_model_is_not_found_before_an_adapter_is_loaded(client: openai.Ope
 
 def test_bad_parameters_are_rejected_with_the_parameter_named(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="temperature"):
-        client.chat.completions.create(model="analytics-base", messages=[{"role": "user", "content": "hi"}],
-                                       temperature=5)
+        client.chat.completions.create(
+            model="analytics-base", messages=[{"role": "user", "content": "hi"}], temperature=5
+        )
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="analytics-base", messages=[])
 
@@ -218,8 +260,11 @@ def test_bad_parameters_are_rejected_with_the_parameter_named(client: openai.Ope
 def test_seed_makes_sampling_reproducible(client: openai.OpenAI) -> None:
     def sample(seed: int) -> str | None:
         reply = client.chat.completions.create(
-            model="analytics-base", messages=[{"role": "user", "content": "Hello there"}],
-            temperature=1.5, max_tokens=24, seed=seed,
+            model="analytics-base",
+            messages=[{"role": "user", "content": "Hello there"}],
+            temperature=1.5,
+            max_tokens=24,
+            seed=seed,
         )
         message = reply.choices[0].message
         return message.content or str(message.tool_calls)

@@ -64,7 +64,9 @@ def test_embedded_graders_load_with_the_graders_module(name: str, path: tuple[st
 
 
 def test_argocd_application_deploys_the_chart() -> None:
-    docs = [d for d in yaml.safe_load_all((EXAMPLES / "argocd-application.yaml").read_text(encoding="utf-8")) if d]
+    docs = [
+        d for d in yaml.safe_load_all((EXAMPLES / "argocd-application.yaml").read_text(encoding="utf-8")) if d
+    ]
     assert all(d["apiVersion"] == "argoproj.io/v1alpha1" and d["kind"] == "Application" for d in docs)
     operator_app = docs[0]
     assert operator_app["spec"]["source"]["path"] == "charts/lightning-op"

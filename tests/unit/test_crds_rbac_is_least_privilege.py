@@ -82,7 +82,10 @@ def test_nothing_can_escalate() -> None:
 def test_user_roles_only_touch_our_group() -> None:
     for role in ALL_ROLES[1:]:
         assert role["rules"] and all(rule["apiGroups"] == [constants.GROUP] for rule in role["rules"])
-        assert any(label.startswith("rbac.authorization.k8s.io/aggregate-to-") for label in role["metadata"]["labels"])
+        assert any(
+            label.startswith("rbac.authorization.k8s.io/aggregate-to-")
+            for label in role["metadata"]["labels"]
+        )
 
 
 def test_checked_in_rbac_file_holds_the_roles() -> None:

@@ -21,7 +21,9 @@ from lightning_op.training import rounds
 Phase = backend_mod.RoundPhase
 
 
-def done(number: int, score: float | None, lr: float = 1e-3, phase: Phase = Phase.SUCCEEDED) -> rounds.RoundResult:
+def done(
+    number: int, score: float | None, lr: float = 1e-3, phase: Phase = Phase.SUCCEEDED
+) -> rounds.RoundResult:
     return rounds.RoundResult(
         round=number, learning_rate=lr, phase=phase, score=score, checkpoint=f"/jobs/j/round-{number}/adapter"
     )
@@ -52,7 +54,9 @@ def test_stops_at_threshold_max_rounds_or_failure(
     history = [
         done(i + 1, s, phase=Phase.SUCCEEDED if s is not None else Phase.FAILED) for i, s in enumerate(scores)
     ]
-    decision = rounds.next_round_decision(history, threshold=0.75, max_rounds=max_rounds, lr=1e-3, lr_decay=0.6)
+    decision = rounds.next_round_decision(
+        history, threshold=0.75, max_rounds=max_rounds, lr=1e-3, lr_decay=0.6
+    )
     assert decision.train is train
     assert decision.stop_reason == stop
 
@@ -153,7 +157,9 @@ def run(backend: ScriptedBackend, tmp_path: Path, **policy: float) -> rounds.Rou
         policy=rounds.RoundsPolicy(**{"learning_rate": 1e-3, "threshold": 0.75, "max_rounds": 3, **policy}),  # type: ignore[arg-type]
     )
     updates: list[str] = []
-    state = rounds.run_rounds(backend, plan, on_update=lambda s: updates.append(s.phase.value), sleep=lambda _: None)
+    state = rounds.run_rounds(
+        backend, plan, on_update=lambda s: updates.append(s.phase.value), sleep=lambda _: None
+    )
     assert updates[0] == "Evaluating", "the baseline is scored before any training"
     return state
 

@@ -21,6 +21,7 @@ import pytest
 
 from lightning_op import graders
 from lightning_op.api import episode as ep
+from lightning_op.graders import similarity
 
 
 def make_episode(
@@ -112,6 +113,23 @@ def test_text_similarity_orders_identical_close_and_unrelated(metric: str) -> No
     assert same.score >= close.score > unrelated.score >= 0.0
     assert unrelated.score < 0.3
     assert "pass at threshold 0.5" in same.reason and "fail at threshold 0.5" in unrelated.reason
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [
+        ("rouge_1", 5 / 6),
+        ("rouge_2", 3 / 5),
+        ("rouge_l", 5 / 6),
+        ("bleu", (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25),
+        ("meteor", 5 / 6 * (1 - 0.5 * (2 / 5) ** 3)),
+    ],
+    ids=["rouge_1", "rouge_2", "rouge_l", "bleu", "meteor"],
+)
+def test_metric_values_match_hand_computed_ones(metric: str, expected: float) -> None:
+    assert similarity.METRICS[metric]("the cat sat on the mat", "the cat sat on a mat") == pytest.approx(
+        expected
+    )
 
 
 # --- tool_call ---

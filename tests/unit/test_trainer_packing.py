@@ -6,6 +6,8 @@ Covers:
 - with this transformers version's sdpa and eager attention, an example's logits in a packed row
   equal its logits when run alone (no attention across examples), while a naive concatenation
   differs;
+- a flattened micro-batch (flash-attention layout) carries int32 ``cu_seqlens`` and the longest
+  example, and stays isolated per example;
 - bin packing keeps every example exactly once and fills rows;
 - each epoch's order is deterministic for a seed, differs between epochs, and covers every row once;
   padding mode buckets examples by length.
@@ -116,3 +118,19 @@ def test_padding_mode_buckets_similar_lengths_into_a_step() -> None:
     plan = data.plan_epoch(lengths, rows_per_step=8, max_seq_length=128, packing=False, seed=0, epoch=0)
     padded = sum(8 * max(lengths[r.examples[0]] for r in step) for step in plan.steps)
     assert padded < 1.15 * sum(lengths)  # unsorted batches would pad ~60% more
+
+
+def test_flattened_batch_gives_flash_attention_its_boundaries(tiny_llama: Any) -> None:
+    tiny_llama.config._attn_implementation = "sdpa"
+    a, b, c = _example(3, 12, 2), _example(40, 7, 2), _example(70, 9, 3)
+    batch = data.collate([a, b, c], [data.Row((0, 1)), data.Row((2,))], pad_id=0, packing=True, flatten=True)
+    assert batch.input_ids.shape == (1, 28) and batch.tokens == 28
+    assert batch.cu_seqlens.tolist() == [0, 12, 19, 28] and batch.max_length == 12
+    assert batch.cu_seqlens.dtype == torch.int32
+    assert batch.position_ids[0].tolist() == list(range(12)) + list(range(7)) + list(range(9))
+    with torch.no_grad():
+        flat = tiny_llama(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits[
+            0
+        ]
+        alone = tiny_llama(input_ids=torch.tensor([c.input_ids]), use_cache=False).logits[0]
+    torch.testing.assert_close(flat[19:], alone, atol=1e-5, rtol=1e-4)

@@ -65,8 +65,8 @@ def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
 
 
-#: the transition rule that makes a field immutable once the object exists
 def immutable(field: str) -> dict[str, Any]:
+    """``json_schema_extra`` with the transition rule that fixes a field once the object exists."""
     return cel_rules(cel_rule("self == oldSelf", f"{field} is immutable", reason="FieldValueForbidden"))
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -36,14 +36,33 @@ MAX_JSON_BYTES = 256 * 1024
 MAX_EPISODE_BYTES = 1024 * 1024
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _json_depth(value: Any, depth: int = 0) -> int:
+    # Hot path of every collector write: exact-type checks before the (slow) ABC isinstance, no
+    # recursion into scalars, and no counting past the limit.
     if depth > MAX_JSON_DEPTH:
         return depth
-    if isinstance(value, Mapping):
-        return max((_json_depth(v, depth + 1) for v in value.values()), default=depth + 1)
-    if isinstance(value, list | tuple):
-        return max((_json_depth(v, depth + 1) for v in value), default=depth + 1)
-    return depth
+    kind = type(value)
+    if kind in _SCALARS:
+        return depth
+    children: Iterable[Any]
+    if kind is dict or isinstance(value, Mapping):
+        children = value.values()
+    elif kind is list or isinstance(value, list | tuple):
+        children = value
+    else:
+        return depth
+    deepest = depth + 1
+    for child in children:
+        if type(child) not in _SCALARS:
+            child_depth = _json_depth(child, depth + 1)
+            if child_depth > deepest:
+                deepest = child_depth
+                if deepest > MAX_JSON_DEPTH:
+                    break
+    return deepest
 
 
 def _bounded_json(value: Any) -> Any:

@@ -124,7 +124,7 @@ class Hyperparameters(ApiModel):
 
 
 _THRESHOLD_IN_RANGE = cel_rule(
-    "self.grader.type != 'score_model' || !has(self.grader.range)"
+    "!has(self.grader.type) || self.grader.type != 'score_model' || !has(self.grader.range)"
     " || (self.threshold >= self.grader.range[0] && self.threshold <= self.grader.range[1])",
     "threshold must lie within the grader's range",
     field_path=".threshold",
@@ -137,7 +137,13 @@ class EvaluationSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra=cel_rules(_THRESHOLD_IN_RANGE))
 
     grader: EmbeddedGrader = Field(description="The grader that scores the tuned model on held-out episodes.")
-    threshold: Fraction = Field(default=0.75, description="Score in [0, 1] a round must reach to succeed.")
+    threshold: Fraction = Field(
+        default=0.75,
+        description=(
+            "Score in [0, 1] a round must reach to succeed; with a score_model grader that declares a "
+            "range, it must also lie within that range."
+        ),
+    )
     max_rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)] = Field(
         default=3, description="Rounds to try before failing."
     )

@@ -163,6 +163,24 @@ class ScoreStats(StatusModel):
     count: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="Scores the statistics cover."
     )
+    min: Fraction | None = Field(default=None, description="Lowest score.")
+    max: Fraction | None = Field(default=None, description="Highest score.")
+    histogram: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=100)] = Field(
+        default_factory=list, description="Scores per equal-width bin over [0, 1]."
+    )
+
+
+class DiagnosisEntry(StatusModel):
+    """One finding of the dry run (from ``graders.dryrun``)."""
+
+    code: Annotated[str, Field(max_length=64)] = Field(
+        description="CamelCase finding: GraderTooHarsh, GraderTooLenient, InconsistentData, NoSpread, ..."
+    )
+    severity: Verdict = Field(description="How bad the finding is: WARNING or NO-GO.")
+    metric: Annotated[str, Field(max_length=64)] = Field(default="", description="The metric it is about.")
+    message: Annotated[str, Field(max_length=1024)] = Field(
+        default="", description="What it means and what to do."
+    )
 
 
 class RewardLabelingStatus(StatusBase):
@@ -183,8 +201,8 @@ class RewardLabelingStatus(StatusBase):
     )
     scores: ScoreStats | None = Field(default=None, description="Statistics of the dry run's scores.")
     verdict: Verdict | None = Field(default=None, description="GO, WARNING or NO-GO.")
-    diagnosis: Annotated[str, Field(max_length=4096)] | None = Field(
-        default=None,
+    diagnosis: Annotated[list[DiagnosisEntry], Field(max_length=16)] = Field(
+        default_factory=list,
         description="What the statistics suggest: grader too harsh, too lenient, or inconsistent data.",
     )
     last_run_time: datetime | None = Field(default=None, description="When the last labeling run finished.")

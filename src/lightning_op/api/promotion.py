@@ -11,7 +11,7 @@ status shapes.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -173,7 +173,10 @@ class ModelPromotionSpec(ApiModel):
 
 
 class PreviousEnvVar(StatusModel):
-    """One env var of the target container as it was before the promotion, to restore it exactly."""
+    """One env var of the target container as it was before the promotion, to restore it exactly.
+
+    A list of these (with ``present``) rather than a map of name to entry-or-null: status is written
+    with merge patches, where a null value deletes the key, and "was absent" must survive."""
 
     name: EnvName = Field(description="Env var name.")
     present: bool = Field(description="Whether the container had the variable at all.")
@@ -183,6 +186,34 @@ class PreviousEnvVar(StatusModel):
     value_from: dict[str, Any] | None = Field(
         default=None, description="Its valueFrom, if it had one (kept as the Deployment had it)."
     )
+
+    @classmethod
+    def from_entry(cls, name: str, entry: Mapping[str, Any] | None) -> PreviousEnvVar:
+        """From a container env entry (with ``value`` or ``valueFrom``), or None when it was absent."""
+        if entry is None:
+            return cls(name=name, present=False)
+        return cls(name=name, present=True, value=entry.get("value"), value_from=entry.get("valueFrom"))
+
+    def to_entry(self) -> dict[str, Any] | None:
+        """The container env entry to restore, or None when the variable was absent."""
+        if not self.present:
+            return None
+        entry: dict[str, Any] = {"name": self.name}
+        if self.value is not None:
+            entry["value"] = self.value
+        if self.value_from is not None:
+            entry["valueFrom"] = self.value_from
+        return entry
+
+
+def previous_env_from_snapshot(entries: Mapping[str, Mapping[str, Any] | None]) -> list[PreviousEnvVar]:
+    """``status.previousEnv`` from a snapshot ``{name: env entry or None}`` (``manifests.workload_env``)."""
+    return [PreviousEnvVar.from_entry(name, entry) for name, entry in sorted(entries.items())]
+
+
+def snapshot_from_previous_env(items: Iterable[PreviousEnvVar]) -> dict[str, dict[str, Any] | None]:
+    """The snapshot ``{name: env entry or None}`` that ``status.previousEnv`` recorded."""
+    return {item.name: item.to_entry() for item in items}
 
 
 class RolloutStatus(StatusModel):

@@ -38,7 +38,7 @@ COMMANDS: dict[str, str] = {
     "report": "training_cmd:report",
     "demo": "demo_cmd:demo",
     # operator
-    "operator": "operator_cmd:operator",
+    "operator": "operator_run:operator",
     "crds": "operator_cmd:crds",
 }
 

@@ -20,17 +20,36 @@ ADMIN_TOKEN_ENV = "LIGHTNING_SERVE_ADMIN_TOKEN"
 
 
 @click.command(name="serve")
-@click.option("--base", "base", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Base model directory (loadable by transformers' from_pretrained).")
-@click.option("--adapter", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="LoRA adapter directory to serve as the tuned model from the start.")
-@click.option("--base-name", default=None, help="Model name for the base model (default: the directory name).")
-@click.option("--tuned-name", default=None, help="Model name for base + adapter (default: <base name>-tuned).")
+@click.option(
+    "--base",
+    "base",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Base model directory (loadable by transformers' from_pretrained).",
+)
+@click.option(
+    "--adapter",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="LoRA adapter directory to serve as the tuned model from the start.",
+)
+@click.option(
+    "--base-name", default=None, help="Model name for the base model (default: the directory name)."
+)
+@click.option(
+    "--tuned-name", default=None, help="Model name for base + adapter (default: <base name>-tuned)."
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--admin-token", envvar=ADMIN_TOKEN_ENV, default=None,
-              help=f"Bearer token for /admin/adapter (env {ADMIN_TOKEN_ENV}; none: no auth, bind to localhost).")
+@click.option(
+    "--admin-token",
+    envvar=ADMIN_TOKEN_ENV,
+    default=None,
+    help=f"Bearer token for /admin/adapter (env {ADMIN_TOKEN_ENV}; none: no auth, bind to localhost).",
+)
 def serve(
     base: Path,
     adapter: Path | None,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lightning_op.graders import base, common, rules, spec
+from lightning_op.graders import base, common, rules
+from lightning_op.graders import spec as specs
 
 if TYPE_CHECKING:
     import openai
@@ -27,41 +28,41 @@ class GraderBuildError(ValueError):
 
 
 def build_grader(
-    grader_spec: spec.GraderSpec, *, judge_client_factory: JudgeClientFactory | None = None
+    spec: specs.GraderSpec, *, judge_client_factory: JudgeClientFactory | None = None
 ) -> base.Grader:
-    """The grader for ``grader_spec``; its ``name`` is the spec's name (else its type) and its
+    """The grader for ``spec``; its ``name`` is the spec's name (else its type) and its
     ``version`` is :func:`~lightning_op.graders.spec.grader_version` of the whole spec.
 
     Raises :class:`GraderBuildError` when a judge's endpoint cannot be resolved from the environment
     (only checked when no ``judge_client_factory`` is given).
     """
-    version = spec.grader_version(grader_spec)
-    return _build(grader_spec, spec.display_name(grader_spec), version, judge_client_factory)
+    version = specs.grader_version(spec)
+    return _build(spec, specs.display_name(spec), version, judge_client_factory)
 
 
 def _build(
-    s: spec.GraderSpec, name: str, version: str, factory: JudgeClientFactory | None
+    s: specs.GraderSpec, name: str, version: str, factory: JudgeClientFactory | None
 ) -> common.ContextGrader:
-    if isinstance(s, spec.StringCheckSpec):
+    if isinstance(s, specs.StringCheckSpec):
         return rules.StringCheckGrader(s, name, version)
-    if isinstance(s, spec.TextSimilaritySpec):
+    if isinstance(s, specs.TextSimilaritySpec):
         return rules.TextSimilarityGrader(s, name, version)
-    if isinstance(s, spec.ToolCallSpec):
+    if isinstance(s, specs.ToolCallSpec):
         return rules.ToolCallGrader(s, name, version)
-    if isinstance(s, spec.JsonSchemaSpec):
+    if isinstance(s, specs.JsonSchemaSpec):
         return rules.JsonSchemaGrader(s, name, version)
-    if isinstance(s, spec.ScoreModelSpec | spec.LabelModelSpec):
+    if isinstance(s, specs.ScoreModelSpec | specs.LabelModelSpec):
         from lightning_op.graders import judge
 
         try:
             return judge.JudgeGrader(s, name, version, client_factory=factory)
         except judge.JudgeConfigError as exc:
             raise GraderBuildError(f"grader {name}: {exc}") from None
-    if isinstance(s, spec.PythonSpec):
+    if isinstance(s, specs.PythonSpec):
         from lightning_op.graders import python_grader
 
         return python_grader.PythonGrader(s, name, version)
-    if isinstance(s, spec.MultiSpec):
+    if isinstance(s, specs.MultiSpec):
         from lightning_op.graders import multi
 
         subs = {key: _build(sub, sub.name or key, version, factory) for key, sub in s.graders.items()}

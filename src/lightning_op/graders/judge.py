@@ -22,6 +22,7 @@ factory (injectable for tests), lazily, on the event loop that grades.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -368,13 +369,18 @@ class JudgeGrader(common.ContextGrader):
         self.endpoint = resolve_endpoint(s, strict=client_factory is None)
         self._factory = client_factory or default_client_factory
         self._client: openai.AsyncOpenAI | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
         self.messages = [(m.role, templates.parse_template(_content(m))) for m in s.input]
         self.request_options = _request_options(s.sampling_params)
         self.instructions = _format_instructions(s) if s.format_instructions else None
 
     def client(self) -> openai.AsyncOpenAI:
-        if self._client is None:
+        # An SDK client's connections belong to the event loop that made them: a grader reused under
+        # a new loop (two asyncio.run calls in one CLI process) gets a new client.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
             self._client = self._factory(self.endpoint)
+            self._client_loop = loop
         return self._client
 
     def build_messages(self, ctx: templates.GradingContext) -> list[dict[str, str]]:
@@ -440,7 +446,7 @@ class JudgeGrader(common.ContextGrader):
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and self._client_loop is asyncio.get_running_loop():
             await client.close()
 
 

@@ -1,10 +1,11 @@
 """The ``multi`` grader: named sub-graders combined by a ``calculate_output`` formula.
 
-Sub-graders run concurrently on one shared :class:`~lightning_op.graders.templates.GradingContext`;
-their scores are the formula's variables (``expr``, checked at spec-load time). If any sub-grader
-fails, the whole grading fails with its error (retryable if any failure was, waiting the longest
-Retry-After asked), because a formula over a missing value has no meaning. The result is clamped to
-[0, 1], with a note in the reason when it had to be.
+Sub-graders that wait on I/O (judges, python) run concurrently and rule graders inline, all on one
+shared :class:`~lightning_op.graders.templates.GradingContext`; their scores are the formula's
+variables (``expr``, checked at spec-load time). If any sub-grader the formula uses fails, the whole
+grading fails with its error (retryable if any failure was, waiting the longest Retry-After asked),
+because a formula over a missing value has no meaning. The result is clamped to [0, 1], with a note
+in the reason when it had to be.
 """
 
 from __future__ import annotations
@@ -30,11 +31,17 @@ class MultiGrader(common.ContextGrader):
 
     async def _grade(self, ctx: templates.GradingContext) -> base.GradeResult:
         names = list(self.graders)
-        if len(names) == 1:
-            results = [await self.graders[names[0]].grade_context(ctx)]
-        else:
-            results = list(await asyncio.gather(*(self.graders[n].grade_context(ctx) for n in names)))
-        by_name = dict(zip(names, results, strict=True))
+        by_name: dict[str, base.GradeResult] = {}
+        # Rule graders answer at once: call them inline; only graders that wait on I/O get tasks.
+        waiting = [n for n in names if not isinstance(self.graders[n], common.RuleGrader)]
+        for n in names:
+            if n not in waiting:
+                by_name[n] = await self.graders[n].grade_context(ctx)
+        if len(waiting) == 1:
+            by_name[waiting[0]] = await self.graders[waiting[0]].grade_context(ctx)
+        elif waiting:
+            results = await asyncio.gather(*(self.graders[n].grade_context(ctx) for n in waiting))
+            by_name.update(zip(waiting, results, strict=True))
         failures = {n: r for n, r in by_name.items() if n in self.used and not r.ok}
         if failures:
             retryable = any(r.retryable for r in failures.values())

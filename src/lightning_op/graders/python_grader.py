@@ -203,6 +203,7 @@ class PythonGrader(common.ContextGrader):
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: the user's code failed to load (a deterministic error): every call reports it, no respawns
         self._load_error: str | None = None
         self._closed = False
@@ -257,6 +258,16 @@ class PythonGrader(common.ContextGrader):
             raise WorkerError(self._load_error)
         return worker
 
+    def _adopt_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start over on a new event loop: workers' pipes belong to the loop that started them."""
+        for worker in self._all:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+        self._all.clear()
+        self._idle.clear()
+        self._slots = asyncio.Semaphore(self.spec.workers)
+        self._loop = loop
+
     async def _retire(self, worker: _Worker) -> None:
         self._all.discard(worker)
         await worker.kill()
@@ -268,8 +279,10 @@ class PythonGrader(common.ContextGrader):
             return self._failure(self._load_error)
         if self._closed:
             return common.failed("grader is closed")
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.spec.workers)
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:
+            self._adopt_loop(loop)
+        assert self._slots is not None
         request = {"sample": ctx.sample(), "item": ctx.item}
         async with self._slots:
             worker = self._idle.pop() if self._idle else None

@@ -19,6 +19,7 @@ Secrets are never inlined: a judge names the environment variable that holds its
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import keyword
@@ -366,8 +367,6 @@ class PythonSpec(_Spec):
 
 def check_python_source(source: str, filename: str = "<source>") -> None:
     """Raise ``ValueError`` unless ``source`` compiles and defines ``grade`` at module level."""
-    import ast
-
     try:
         tree = ast.parse(source, filename=filename)
     except SyntaxError as exc:
@@ -463,13 +462,14 @@ SPEC_TYPES: Mapping[str, type[BaseModel]] = {
 #: the types OpenAI's grader JSON has; export_openai refuses the others
 OPENAI_TYPES = frozenset({"string_check", "text_similarity", "score_model", "label_model", "python", "multi"})
 #: fields of OpenAI's types that are ours and are dropped on export
+_JUDGE_EXTENSIONS = frozenset(
+    {"base_url", "base_url_env", "api_key_env", "model_env", "azure", "timeout_s", "format_instructions"}
+)
 _EXTENSION_FIELDS: Mapping[str, frozenset[str]] = {
-    "score_model": frozenset(
-        {"base_url", "base_url_env", "api_key_env", "model_env", "azure", "timeout_s", "format_instructions"}
-    ),
+    "score_model": _JUDGE_EXTENSIONS,
+    "label_model": _JUDGE_EXTENSIONS,
     "python": frozenset({"file", "limits", "workers", "on_error"}),
 }
-_EXTENSION_FIELDS = {**_EXTENSION_FIELDS, "label_model": _EXTENSION_FIELDS["score_model"]}
 
 
 def grader_json_schema() -> dict[str, Any]:

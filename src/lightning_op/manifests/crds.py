@@ -167,7 +167,8 @@ def _convert(
     if out.get("default", 0) is None:
         del out["default"]
     if "description" in out:
-        out["description"] = " ".join(str(out["description"]).split())
+        # Docstrings use reST literals (``x``); kubectl explain shows plain text.
+        out["description"] = " ".join(str(out["description"]).replace("``", "").split())
     if "format" in out and out["format"] not in _FORMATS:
         del out["format"]
     if "additionalProperties" in out and "properties" in out:

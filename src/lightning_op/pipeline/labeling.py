@@ -210,16 +210,14 @@ class _GradingEngine:
         delay = min(self.backoff_max_s, self.backoff_base_s * (2.0**attempt))
         return delay * (0.5 + 0.5 * self.rng.random())
 
-    async def _attempt(self, episode: ep.Episode) -> graders_base.GradeResult:
+    async def _attempt(self, episode: ep.Episode, slot: _WorkerSlot) -> graders_base.GradeResult:
+        if self.timeout_s is not None:
+            slot.deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            # asyncio.timeout rather than wait_for: the same deadline without a Task per call, which
-            # matters for rule graders at tens of thousands of episodes per second.
-            if self.timeout_s is None:
-                result = await self.grader.grade(episode)
-            else:
-                async with asyncio.timeout(self.timeout_s):
-                    result = await self.grader.grade(episode)
-        except TimeoutError:
+            result = await self.grader.grade(episode)
+        except asyncio.CancelledError:
+            if not slot.expired(self.timeout_s is not None):
+                raise
             return graders_base.GradeResult(
                 score=None, error=f"timed out after {self.timeout_s:g}s", retryable=True
             )
@@ -227,6 +225,10 @@ class _GradingEngine:
             logger.warning("grader %s raised on episode %s: %r", self.grader.name, episode.id, exc)
             logger.debug("grader traceback", exc_info=True)
             return graders_base.GradeResult(score=None, error=f"grader raised {type(exc).__name__}: {exc}")
+        finally:
+            slot.deadline = None
+        if slot.fired:  # the grader swallowed our cancellation and answered anyway: keep the answer
+            slot.expired(True)
         if result.score is None and result.error is None:
             return graders_base.GradeResult(
                 score=None, reason=result.reason, error="grader returned no score"
@@ -239,13 +241,13 @@ class _GradingEngine:
                 )
         return result
 
-    async def grade(self, episode: ep.Episode) -> _Graded:
+    async def grade(self, episode: ep.Episode, slot: _WorkerSlot) -> _Graded:
         attempt = 0
         while True:
             if self.limiter is not None:
                 tokens = estimate_tokens(self.grader, episode) if self.limiter.limits_tokens else 0
                 await self.limiter.acquire(tokens)
-            result = await self._attempt(episode)
+            result = await self._attempt(episode, slot)
             if result.error is None or not result.retryable or attempt >= self.max_retries:
                 return _Graded(episode, result, attempt + 1)
             if result.retry_after and self.limiter is not None:
@@ -263,6 +265,50 @@ class _GradingEngine:
             self.retries += 1
             await asyncio.sleep(delay)
 
+    async def watch(self, slots: Sequence[_WorkerSlot]) -> None:
+        """Cancel every grading attempt that runs past its deadline (runs until cancelled)."""
+        assert self.timeout_s is not None
+        interval = max(0.005, min(0.05, self.timeout_s / 10))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for slot in slots:
+                if slot.deadline is not None and now >= slot.deadline and not slot.fired:
+                    slot.fire()
+
+
+class _WorkerSlot:
+    """One worker's attempt in flight: its task and deadline, for ``_GradingEngine.watch``.
+
+    One watchdog per batch instead of ``asyncio.timeout``/``wait_for`` per attempt: those schedule a
+    timer (wait_for also a Task) for every grading, a cost that dominates rule graders at tens of
+    thousands of episodes per second. The deadline is set just before ``grader.grade`` and cleared
+    right after it returns, with no await in between, so when the watchdog sees a deadline passed the
+    worker is suspended inside the grader and the cancellation lands there.
+    """
+
+    __slots__ = ("task", "deadline", "fired")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self.deadline: float | None = None
+        self.fired = False
+
+    def fire(self) -> None:
+        if self.task is not None:
+            self.fired = True
+            self.task.cancel()
+
+    def expired(self, watched: bool) -> bool:
+        """After a CancelledError: whether it was our timeout (then withdrawn: the worker goes on),
+        rather than a cancellation from outside, which must propagate."""
+        if not (watched and self.fired):
+            return False
+        self.fired = False
+        assert self.task is not None
+        return self.task.uncancel() == 0
+
 
 async def _run_workers(
     source: Callable[[], Any],
@@ -271,20 +317,32 @@ async def _run_workers(
     concurrency: int,
 ) -> None:
     """``concurrency`` workers: each awaits ``source()`` for an episode (None: done), grades it and
-    awaits ``handle`` on the result. The first exception (a store failure) cancels the rest."""
+    awaits ``handle`` on the result. The first exception (a store failure) cancels the rest and is
+    raised as is."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    slots = [_WorkerSlot() for _ in range(concurrency)]
 
-    async def worker() -> None:
+    async def worker(slot: _WorkerSlot) -> None:
+        slot.task = asyncio.current_task()
         while True:
             episode = await source()
             if episode is None:
                 return
-            await handle(await engine.grade(episode))
+            await handle(await engine.grade(episode, slot))
 
-    async with asyncio.TaskGroup() as group:
-        for _ in range(concurrency):
-            group.create_task(worker())
+    watchdog = asyncio.ensure_future(engine.watch(slots)) if engine.timeout_s is not None else None
+    try:
+        async with asyncio.TaskGroup() as group:
+            for slot in slots:
+                group.create_task(worker(slot))
+    except BaseExceptionGroup as errors:
+        raise errors.exceptions[0] from None
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
 
 
 # --------------------------------------------------------------------------------------------------

@@ -146,7 +146,9 @@ class Comparison:
         }
 
 
-def default_versions(store: store_base.EpisodeStore, agent_id: str, stats: Mapping[str, VersionStats]) -> tuple[str, str]:
+def default_versions(
+    store: store_base.EpisodeStore, agent_id: str, stats: Mapping[str, VersionStats]
+) -> tuple[str, str]:
     """Versions to compare when none were named: the agent's latest promotion (previous -> promoted),
     else its two most recently seen versions (older one first)."""
     latest = latest_promotion(store, agent_id=agent_id)
@@ -297,7 +299,9 @@ def served_adapter(serve_url: str, *, token: str | None = None) -> dict[str, Any
     except httpx.HTTPError as exc:
         raise PromotionError(f"cannot reach the model server at {serve_url}: {exc}") from exc
     if response.status_code != 200:
-        raise PromotionError(f"model server {serve_url} answered {response.status_code}: {response.text[:200]}")
+        raise PromotionError(
+            f"model server {serve_url} answered {response.status_code}: {response.text[:200]}"
+        )
     data = response.json()
     return dict(data) if isinstance(data, dict) else {}
 

@@ -133,7 +133,9 @@ def trainer_config(request: TrainingRequest, workdir: Path) -> tuple[dict[str, A
     if not (base / "config.json").is_file():
         raise ValueError(f"base model {request.base_model} is not a model directory (no config.json)")
     train = _existing_file(request.train_file, "training file")
-    validation = _existing_file(request.validation_file, "validation file") if request.validation_file else None
+    validation = (
+        _existing_file(request.validation_file, "validation file") if request.validation_file else None
+    )
     eval_file = _existing_file(request.eval_file, "evaluation file") if request.eval_file else validation
     if eval_file is None:
         eval_file = train
@@ -157,7 +159,9 @@ def trainer_config(request: TrainingRequest, workdir: Path) -> tuple[dict[str, A
         parsed = config_mod.parse_config(config, source="training settings")
     except config_mod.ConfigError as exc:
         raise ValueError(str(exc)) from None
-    config["hyperparameters"] = parsed.hyperparameters.model_dump(mode="json", by_alias=True, exclude_none=True)
+    config["hyperparameters"] = parsed.hyperparameters.model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
     return config, warnings
 
 
@@ -174,7 +178,10 @@ def create_job(store: store_base.EpisodeStore, request: TrainingRequest) -> JobV
     config, warnings = trainer_config(request, workdir)
     lr = float(config["hyperparameters"]["learningRate"])
     policy = rounds_mod.RoundsPolicy(
-        learning_rate=lr, threshold=request.threshold, max_rounds=request.max_rounds, lr_decay=request.lr_decay
+        learning_rate=lr,
+        threshold=request.threshold,
+        max_rounds=request.max_rounds,
+        lr_decay=request.lr_decay,
     )
     now = _now()
     view: JobView = {
@@ -307,8 +314,11 @@ class _JobWriter:
         try:
             self.store.put_record(RECORD_KIND, self.view["id"], self.view)
         except store_base.StoreUnavailableError as exc:
-            log.warning("job %s: cannot write progress to the store (%s); retrying at the next update",
-                        self.view["id"], exc)
+            log.warning(
+                "job %s: cannot write progress to the store (%s); retrying at the next update",
+                self.view["id"],
+                exc,
+            )
 
     def should_cancel(self) -> bool:
         now = self.clock()
@@ -365,13 +375,23 @@ def run_job(
     except KeyboardInterrupt:
         if isinstance(chosen, backend_mod.LocalBackend):
             chosen.close()
-        view.update(phase=rounds_mod.JobPhase.CANCELLED.value, message="interrupted", progress=None,
-                    updated=_now(), finished=_now())
+        view.update(
+            phase=rounds_mod.JobPhase.CANCELLED.value,
+            message="interrupted",
+            progress=None,
+            updated=_now(),
+            finished=_now(),
+        )
         store.put_record(RECORD_KIND, job_id, view)
         raise
     except backend_mod.BackendError as exc:
-        view.update(phase=rounds_mod.JobPhase.FAILED.value, message=str(exc), progress=None,
-                    updated=_now(), finished=_now())
+        view.update(
+            phase=rounds_mod.JobPhase.FAILED.value,
+            message=str(exc),
+            progress=None,
+            updated=_now(),
+            finished=_now(),
+        )
         store.put_record(RECORD_KIND, job_id, view)
         return view
     writer.write(state)

@@ -49,7 +49,9 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 class ServingError(Exception):
     """A request the server cannot answer; ``status`` and ``code`` go into OpenAI's error shape."""
 
-    def __init__(self, message: str, *, status: int = 400, code: str = "invalid_request", param: str | None = None):
+    def __init__(
+        self, message: str, *, status: int = 400, code: str = "invalid_request", param: str | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.status = status
@@ -110,7 +112,9 @@ class ModelServer:
         self.adapter_version = 0
         self.loaded_at: datetime | None = None
         self.stop_ids = _stop_ids(self.tokenizer, self.model)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        )
         if adapter is not None:
             self.load_adapter(adapter)
 
@@ -142,8 +146,9 @@ class ModelServer:
             return self.info()
         adapter = Path(path).expanduser().resolve()
         if not (adapter / "adapter_config.json").is_file():
-            raise ServingError(f"adapter {path} has no adapter_config.json (not a LoRA adapter directory)",
-                               param="adapter")
+            raise ServingError(
+                f"adapter {path} has no adapter_config.json (not a LoRA adapter directory)", param="adapter"
+            )
         slot = f"adapter-{self.adapter_version + 1}"
         with self.lock:
             try:
@@ -155,8 +160,9 @@ class ModelServer:
                     self.peft.set_adapter(slot)
                     self.peft.delete_adapter(old)
             except (ValueError, RuntimeError, KeyError, OSError) as exc:
-                raise ServingError(f"adapter {path} does not fit base model {self.base_name}: {exc}",
-                                   param="adapter") from exc
+                raise ServingError(
+                    f"adapter {path} does not fit base model {self.base_name}: {exc}", param="adapter"
+                ) from exc
             self.peft.eval()
             self.adapter_version += 1
             self.adapter_path = adapter
@@ -178,12 +184,16 @@ class ModelServer:
                 raise ServingError(
                     f"model {model!r} has no adapter loaded yet: promote one (POST /admin/adapter) or "
                     f"ask for {self.base_name!r}",
-                    status=404, code="model_not_found", param="model",
+                    status=404,
+                    code="model_not_found",
+                    param="model",
                 )
             return True
         raise ServingError(
             f"model {model!r} is not served here; available: {', '.join(self.models())}",
-            status=404, code="model_not_found", param="model",
+            status=404,
+            code="model_not_found",
+            param="model",
         )
 
     # -- generation ----------------------------------------------------------------------------------
@@ -210,7 +220,9 @@ class ModelServer:
                 return_dict=True,
             )
         except Exception as exc:  # jinja errors: the messages do not fit the model's chat template
-            raise ServingError(f"messages do not fit the model's chat template: {exc}", param="messages") from exc
+            raise ServingError(
+                f"messages do not fit the model's chat template: {exc}", param="messages"
+            ) from exc
         ids = list(encoded["input_ids"])
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         do_sample = temperature > 0
@@ -234,7 +246,7 @@ class ModelServer:
                 torch.manual_seed(seed)
             with torch.inference_mode(), context:
                 output = model.generate(input_ids=input_ids, **kwargs)
-        new = output[0, len(ids):].tolist()
+        new = output[0, len(ids) :].tolist()
         stop = set(self.stop_ids)
         kept: list[int] = []
         finish = "length"
@@ -247,14 +259,23 @@ class ModelServer:
         for special in (self.tokenizer.bos_token, self.tokenizer.pad_token):
             if special:
                 text = text.replace(special, "")
-        return Generation(text=text, prompt_tokens=len(ids), completion_tokens=len(kept), finish_reason=finish)
+        return Generation(
+            text=text, prompt_tokens=len(ids), completion_tokens=len(kept), finish_reason=finish
+        )
 
 
 # ------------------------------------------------------------------------------------------ requests
 
 
 def _error(exc: ServingError) -> web.Response:
-    body = {"error": {"message": exc.message, "type": "invalid_request_error", "param": exc.param, "code": exc.code}}
+    body = {
+        "error": {
+            "message": exc.message,
+            "type": "invalid_request_error",
+            "param": exc.param,
+            "code": exc.code,
+        }
+    }
     return web.json_response(body, status=exc.status)
 
 
@@ -292,10 +313,14 @@ def parse_messages(raw: Any) -> list[dict[str, Any]]:
             raise ServingError(f"{where} must be an object", param="messages")
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool"):
-            raise ServingError(f"{where}.role {role!r} is not one of system, developer, user, assistant, tool",
-                               param="messages")
-        out: dict[str, Any] = {"role": "system" if role == "developer" else role,
-                               "content": _content_text(message.get("content"), where)}
+            raise ServingError(
+                f"{where}.role {role!r} is not one of system, developer, user, assistant, tool",
+                param="messages",
+            )
+        out: dict[str, Any] = {
+            "role": "system" if role == "developer" else role,
+            "content": _content_text(message.get("content"), where),
+        }
         if message.get("tool_calls"):
             out["tool_calls"] = message["tool_calls"]
         for key in ("tool_call_id", "name"):
@@ -322,8 +347,9 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise ServingError("the request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise ServingError("model is required: name the base model or the tuned model (GET /v1/models)",
-                           param="model")
+        raise ServingError(
+            "model is required: name the base model or the tuned model (GET /v1/models)", param="model"
+        )
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise ServingError("tools must be a list of tool definitions", param="tools")
@@ -333,8 +359,14 @@ def parse_chat_request(body: Any) -> ChatRequest:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
         max_tokens = DEFAULT_MAX_TOKENS
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise ServingError(f"max_tokens must be an integer between 1 and {MAX_TOKENS_LIMIT}", param="max_tokens")
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
+        raise ServingError(
+            f"max_tokens must be an integer between 1 and {MAX_TOKENS_LIMIT}", param="max_tokens"
+        )
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ServingError("seed must be an integer", param="seed")
@@ -377,11 +409,19 @@ def _stream_chunks(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
     base = {k: body[k] for k in ("id", "created", "model", "system_fingerprint")}
     return [
-        {**base, "object": "chat.completion.chunk",
-         "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]},
-        {**base, "object": "chat.completion.chunk",
-         "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"], "logprobs": None}],
-         "usage": body["usage"]},
+        {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}],
+        },
+        {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [
+                {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"], "logprobs": None}
+            ],
+            "usage": body["usage"],
+        },
     ]
 
 
@@ -435,15 +475,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def list_models(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     created = int(server.base_path.stat().st_mtime)
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "lightning-op"} for name in server.models()]
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "lightning-op"}
+        for name in server.models()
+    ]
     return web.json_response({"object": "list", "data": data})
 
 
 def _check_admin(request: web.Request) -> None:
     token = request.app.get(TOKEN_KEY)
     if token and request.headers.get("Authorization") != f"Bearer {token}":
-        raise ServingError("admin endpoints need Authorization: Bearer <admin token>", status=401,
-                           code="unauthorized")
+        raise ServingError(
+            "admin endpoints need Authorization: Bearer <admin token>", status=401, code="unauthorized"
+        )
 
 
 async def get_adapter(request: web.Request) -> web.Response:
@@ -460,8 +504,9 @@ async def post_adapter(request: web.Request) -> web.Response:
         _check_admin(request)
         body = await _json_body(request)
         if not isinstance(body, Mapping) or "adapter" not in body:
-            raise ServingError('the body must be {"adapter": PATH or null, "name": NAME (optional)}',
-                               param="adapter")
+            raise ServingError(
+                'the body must be {"adapter": PATH or null, "name": NAME (optional)}', param="adapter"
+            )
         path, name = body.get("adapter"), body.get("name")
         if path is not None and not isinstance(path, str):
             raise ServingError("adapter must be a path (string) or null", param="adapter")
@@ -528,7 +573,10 @@ async def serve(
         bound = runner.addresses[0][1] if runner.addresses else port
         log.info(
             "model server listening on http://%s:%d/v1 (models: %s; adapter %s)",
-            host, bound, ", ".join(server.models()), server.adapter_path or "none",
+            host,
+            bound,
+            ", ".join(server.models()),
+            server.adapter_path or "none",
         )
         await stop.wait()
     finally:

@@ -246,14 +246,34 @@ _KEY_SHAPES = re.compile(
     re.DOTALL,
 )
 _KEY_SHAPE_GATES = (
-    "sk-", "sk_", "rk_", "AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox",
-    "AIza", "eyJ", "PRIVATE KEY",
+    "sk-",
+    "sk_",
+    "rk_",
+    "AKIA",
+    "ASIA",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "xox",
+    "AIza",
+    "eyJ",
+    "PRIVATE KEY",
 )
 # Words that name a secret, in a ``name = value`` assignment in text or as a JSON key.
 _NAME_GATES = ("key", "secret", "token", "passw", "passp", "pwd", "credential")
 _PASSWORD_NAMES = ("password", "passwd", "passphrase", "pwd")
 _SECRET_NAMES = (
-    "apikey", "secret", "secretkey", "clientsecret", "token", "accesskey", "privatekey", "credential",
+    "apikey",
+    "secret",
+    "secretkey",
+    "clientsecret",
+    "token",
+    "accesskey",
+    "privatekey",
+    "credential",
     "credentials",
 )
 # Secret names as they may appear right before the ':' or '=' of an assignment (lower-cased).
@@ -261,9 +281,21 @@ _ASSIGNED_NAMES = tuple(
     sorted(
         {
             *_PASSWORD_NAMES,
-            *(f"{a}{sep}{b}" for a, b in (("api", "key"), ("secret", "key"), ("client", "secret"),
-                                           ("access", "key"), ("private", "key")) for sep in ("", "_", "-")),
-            "secret", "token", "credential", "credentials",
+            *(
+                f"{a}{sep}{b}"
+                for a, b in (
+                    ("api", "key"),
+                    ("secret", "key"),
+                    ("client", "secret"),
+                    ("access", "key"),
+                    ("private", "key"),
+                )
+                for sep in ("", "_", "-")
+            ),
+            "secret",
+            "token",
+            "credential",
+            "credentials",
         },
         key=len,
         reverse=True,
@@ -484,9 +516,7 @@ _BUILTIN_DETECTORS: Mapping[str, _Detector] = {
     "bearer": _Detector("bearer", _gate_bearer, _redact_bearer),
     "api_key": _Detector("api_key", _gate_api_key, _redact_api_key),
     "email": _Detector("email", lambda v: "@" in v.text, _redact_email),
-    "credit_card": _Detector(
-        "credit_card", lambda v: b"0000000000000" in v.digits, _redact_credit_card
-    ),
+    "credit_card": _Detector("credit_card", lambda v: b"0000000000000" in v.digits, _redact_credit_card),
     "ipv6": _Detector("ipv6", _gate_ipv6, _redact_ipv6),
     "ipv4": _Detector("ipv4", _gate_ipv4, _redact_ipv4),
     "phone": _Detector("phone", _gate_phone, _redact_phone),
@@ -612,7 +642,9 @@ class _Pass:
         if kind is None or value.startswith("[REDACTED:"):
             return value
         if kind == "secret" and (
-            len(value) < _MIN_VALUE_SECRET_CHARS or any(c.isspace() for c in value) or _char_classes(value) < 2
+            len(value) < _MIN_VALUE_SECRET_CHARS
+            or any(c.isspace() for c in value)
+            or _char_classes(value) < 2
         ):
             return value
         _count(self.counts, "api_key", 1)

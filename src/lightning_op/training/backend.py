@@ -77,7 +77,7 @@ class RoundSpec:
 
     def trainer_config(self) -> dict[str, Any]:
         """The config file this round's trainer reads."""
-        config = json.loads(json.dumps(dict(self.config)))
+        config: dict[str, Any] = json.loads(json.dumps(dict(self.config)))
         config["outputDir"] = str(self.output_dir)
         config["statusFile"] = str(self.output_dir / "status.json")
         config.pop("initAdapter", None)
@@ -231,8 +231,11 @@ def apply_event(status: RoundStatus, event: Mapping[str, Any]) -> None:
             train = _float(event.get("trainLoss"))
             status.train_loss = train if train is not None else status.train_loss
             status.epoch_losses.append(
-                {"epoch": float(_int(event.get("epoch")) or len(status.epoch_losses) + 1),
-                 "trainLoss": train, "validLoss": valid}
+                {
+                    "epoch": float(_int(event.get("epoch")) or len(status.epoch_losses) + 1),
+                    "trainLoss": train,
+                    "validLoss": valid,
+                }
             )
     elif kind == "checkpoint":
         path = event.get("checkpointPath")
@@ -333,7 +336,9 @@ class LocalBackend:
         except OSError as exc:
             stdout.close()
             stderr.close()
-            raise BackendError(f"cannot start the trainer ({self.python} -m {TRAINER_MODULE}): {exc}") from exc
+            raise BackendError(
+                f"cannot start the trainer ({self.python} -m {TRAINER_MODULE}): {exc}"
+            ) from exc
         log.info("round %d of job %s: trainer pid %d in %s", spec.round, spec.job_id, process.pid, out)
         run = _LocalRound(spec, process, stdout_path, stderr_path, stdout=stdout, stderr=stderr)
         run.status.phase = RoundPhase.RUNNING
@@ -404,7 +409,9 @@ class LocalBackend:
             status.phase = RoundPhase.FAILED
             if not failed_event:
                 status.reason = "Error"
-                what = "without reporting a score" if run.spec.evaluate_only else "without reporting 'completed'"
+                what = (
+                    "without reporting a score" if run.spec.evaluate_only else "without reporting 'completed'"
+                )
                 why = f"with status {code}" if code else what
                 status.message = f"the trainer exited {why}" + self._stderr_tail(run)
         return status
@@ -437,7 +444,9 @@ class LocalBackend:
             run.process.send_signal(signal.SIGTERM)
             run.process.wait(timeout=CANCEL_GRACE_S)
         except subprocess.TimeoutExpired:
-            log.warning("trainer pid %d ignored SIGTERM for %.0fs; killing it", run.process.pid, CANCEL_GRACE_S)
+            log.warning(
+                "trainer pid %d ignored SIGTERM for %.0fs; killing it", run.process.pid, CANCEL_GRACE_S
+            )
             run.process.kill()
             run.process.wait()
         except ProcessLookupError:

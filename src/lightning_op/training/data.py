@@ -310,6 +310,10 @@ class Batch:
     tokens: int
     #: tokens that carry a target (the loss's denominator)
     target_tokens: int
+    #: flattened batches (one row): example boundaries ``[0, l1, l1+l2, ...]`` and the longest example,
+    #: passed to flash-attention as ``cu_seq_lens_q/k`` and ``max_length_q/k`` (no per-layer sync)
+    cu_seqlens: Any | None = None
+    max_length: int | None = None
 
 
 def pack_rows(lengths: Sequence[int], capacity: int, window: int = 256) -> list[Row]:
@@ -377,9 +381,20 @@ def micro_batches(rows: Sequence[Row], micro_batch: int) -> Iterator[Sequence[Ro
         yield rows[start : start + micro_batch]
 
 
-def collate(examples: Sequence[Example], rows: Sequence[Row], *, pad_id: int, packing: bool) -> Batch:
-    """Build the tensors of one micro-batch, padded on the right to its longest row."""
+def collate(
+    examples: Sequence[Example], rows: Sequence[Row], *, pad_id: int, packing: bool, flatten: bool = False
+) -> Batch:
+    """Build the tensors of one micro-batch, padded on the right to its longest row.
+
+    ``flatten`` (with packing) concatenates the whole micro-batch into one row with no padding at all,
+    as flash-attention's varlen kernels want it (transformers only reads packed ``position_ids`` for
+    flash-attention when the batch has one row); eager/sdpa attention keep rows, since their mask is
+    quadratic in the row length.
+    """
     import torch
+
+    if flatten and packing:
+        return _flattened(examples, rows)
 
     row_ids: list[list[int]] = []
     row_targets: list[list[int]] = []
@@ -415,3 +430,30 @@ def collate(examples: Sequence[Example], rows: Sequence[Row], *, pad_id: int, pa
     if packing:
         return Batch(input_ids, targets_t, position_ids, None, tokens, target_tokens)
     return Batch(input_ids, targets_t, None, attention, tokens, target_tokens)
+
+
+def _flattened(examples: Sequence[Example], rows: Sequence[Row]) -> Batch:
+    import torch
+
+    ids: list[int] = []
+    targets: list[int] = []
+    positions: list[int] = []
+    bounds = [0]
+    for row in rows:
+        for index in row.examples:
+            example = examples[index]
+            ids.extend(example.input_ids)
+            targets.extend(example.targets())
+            positions.extend(range(len(example)))
+            bounds.append(len(ids))
+    lengths = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    return Batch(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        targets=torch.tensor([targets], dtype=torch.long),
+        position_ids=torch.tensor([positions], dtype=torch.long),
+        attention_mask=None,
+        tokens=len(ids),
+        target_tokens=sum(1 for t in targets if t != IGNORE_INDEX),
+        cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+        max_length=max(lengths),
+    )

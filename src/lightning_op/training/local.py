@@ -65,6 +65,8 @@ KEEP_CHECKPOINTS = 2
 STATUS_MIN_INTERVAL_S = 1.0
 ENV_INJECT_NAN = "LIGHTNING_TRAINER_INJECT_NAN_AT_STEP"
 ENV_INJECT_OOM = "LIGHTNING_TRAINER_INJECT_OOM"
+#: force one-row (flash-attention style) batches on any attention kernel: tests that path on the CPU
+ENV_FLATTEN = "LIGHTNING_TRAINER_FLATTEN"
 
 #: architectures whose causal-LM head is a plain projection of the decoder's last hidden state, so
 #: the trainer can run it on target positions only (others compute full logits: softcapping, ...)
@@ -265,8 +267,8 @@ def uses_bf16(device: Any) -> bool:
 
 
 def attention_implementation(device: Any) -> str:
-    """flash-attention 2 on CUDA when the package is installed, else PyTorch's sdpa."""
-    if device.type == "cuda":
+    """flash-attention 2 on a bf16-capable GPU when the package is installed, else PyTorch's sdpa."""
+    if uses_bf16(device):
         import importlib.util
 
         if importlib.util.find_spec("flash_attn") is not None:
@@ -534,6 +536,8 @@ class _Trainer:
 
         base = self.loaded.base
         self.split_head = base.config.model_type in _SPLIT_HEAD_TYPES
+        # flash-attention reads packed sequences only from a one-row batch (see data.collate).
+        self.flatten = self.loaded.attention.startswith("flash") or os.environ.get(ENV_FLATTEN) == "1"
         self.decoder: Any = base.get_decoder() if self.split_head else None
         self.lm_head: Any = base.get_output_embeddings() if self.split_head else None
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -588,6 +592,12 @@ class _Trainer:
             out["position_ids"] = batch.position_ids.to(self.device, non_blocking=non_blocking)
         if batch.attention_mask is not None:
             out["attention_mask"] = batch.attention_mask.to(self.device, non_blocking=non_blocking)
+        if batch.cu_seqlens is not None:
+            # Precomputed varlen boundaries: flash-attention then skips deriving them from
+            # position_ids, which costs a device sync in every layer. Other kernels ignore them.
+            cu = batch.cu_seqlens.to(self.device, non_blocking=non_blocking)
+            out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = cu
+            out["max_length_q"] = out["max_length_k"] = batch.max_length
         return out
 
     def loss_sum(self, batch: data.Batch) -> Any:
@@ -596,7 +606,7 @@ class _Trainer:
 
         self.inject.maybe_oom()
         t = self._to_device(batch)
-        kwargs = {k: t[k] for k in ("input_ids", "position_ids", "attention_mask") if k in t}
+        kwargs = {k: v for k, v in t.items() if k not in ("index", "targets")}
         with self.autocast():
             if self.split_head:
                 hidden = self.decoder(**kwargs, use_cache=False).last_hidden_state
@@ -613,7 +623,9 @@ class _Trainer:
         total = torch.zeros((), device=self.device)
         tokens = 0
         for micro in data.micro_batches(rows, self.pos.micro_batch):
-            batch = data.collate(self.examples, micro, pad_id=self.pad_id, packing=self.hp.packing)
+            batch = data.collate(
+                self.examples, micro, pad_id=self.pad_id, packing=self.hp.packing, flatten=self.flatten
+            )
             loss = self.loss_sum(batch) / step_targets
             if self.inject.nan_step == self.pos.global_step + 1:
                 loss = loss * float("nan")
@@ -691,7 +703,11 @@ class _Trainer:
             with torch.no_grad():
                 for micro in data.micro_batches(rows, self.pos.micro_batch):
                     batch = data.collate(
-                        self.valid_examples, micro, pad_id=self.pad_id, packing=self.hp.packing
+                        self.valid_examples,
+                        micro,
+                        pad_id=self.pad_id,
+                        packing=self.hp.packing,
+                        flatten=self.flatten,
                     )
                     total += self.loss_sum(batch)
                     targets += batch.target_tokens

@@ -404,7 +404,9 @@ def run_rounds(
     handle = backend.submit(backend_mod.RoundSpec(plan.job_id, 0, plan.config, plan.round_dir(0)))
     status = _wait(backend, handle, state, notify, cancelled, poll_interval, sleep)
     if status.phase is backend_mod.RoundPhase.CANCELLED:
-        return _finish(state, JobPhase.CANCELLED, StopReason.CANCELLED, "cancelled during the baseline", notify)
+        return _finish(
+            state, JobPhase.CANCELLED, StopReason.CANCELLED, "cancelled during the baseline", notify
+        )
     if status.phase is not backend_mod.RoundPhase.SUCCEEDED or status.score is None:
         why = status.message or status.reason or "no score"
         return _finish(
@@ -429,8 +431,12 @@ def run_rounds(
         notify(state)
         started = clock()
         spec = backend_mod.RoundSpec(
-            plan.job_id, number, plan.config, plan.round_dir(number),
-            learning_rate=lr, init_adapter=decision.init_adapter,
+            plan.job_id,
+            number,
+            plan.config,
+            plan.round_dir(number),
+            learning_rate=lr,
+            init_adapter=decision.init_adapter,
         )
         handle = backend.submit(spec)
         status = _wait(backend, handle, state, notify, cancelled, poll_interval, sleep)
@@ -453,7 +459,9 @@ def run_rounds(
         )
         state.current = None
         if status.phase is backend_mod.RoundPhase.CANCELLED:
-            return _finish(state, JobPhase.CANCELLED, StopReason.CANCELLED, f"cancelled in round {number}", notify)
+            return _finish(
+                state, JobPhase.CANCELLED, StopReason.CANCELLED, f"cancelled in round {number}", notify
+            )
 
 
 def _finish(

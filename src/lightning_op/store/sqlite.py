@@ -1,0 +1,715 @@
+"""The embedded episode store: one SQLite file, the default for the CLI, the demo and the collector.
+
+Implements ``store.base.EpisodeStore``; opened by ``store.open_store("sqlite:///...")``. The collector
+writes here, the CLI, labeling and dataset building read and label through the same protocol.
+Every episode passes through ``redaction.Redactor`` before it is written, so no raw value reaches
+the file.
+
+Layout: ``episodes`` keeps each episode as its JSON document (exactly ``Episode.to_json_dict()``)
+plus the columns queries filter and sort on (agent, timestamp in microseconds, labeled, reward,
+model version, revision); ``records`` keeps small named JSON documents. ``seq`` (the rowid) breaks
+timestamp ties, so ``(ts, seq)`` orders every episode and is the keyset of the cursors.
+
+Concurrency: one writer process (the collector, or the CLI) and any number of reader processes.
+The file is in WAL mode, so readers never block the writer nor each other; writes take the write
+lock up front (``BEGIN IMMEDIATE``) and wait up to ``busy_timeout_s`` for it. A lock held longer,
+a full disk or an I/O error becomes ``StoreUnavailableError`` with a message saying which.
+Within a process one connection is shared by all threads behind a lock. Long reads
+(``iter_episodes``, ``iter_json``) page by keyset in short statements, so no read transaction
+stays open for minutes and the WAL can be checkpointed while a dataset is built.
+
+The schema is versioned with ``PRAGMA user_version``; ``MIGRATIONS`` lists the steps and opening
+a store applies the missing ones in one transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from lightning_op.api import episode as ep
+from lightning_op.store import base
+from lightning_op.store import redaction as redaction_mod
+
+logger = logging.getLogger(__name__)
+
+URL_PREFIX = "sqlite://"
+MEMORY = ":memory:"
+DEFAULT_PAGE_SIZE = 100
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+# Ids per "SELECT ... WHERE id IN (...)" when looking for duplicates (SQLite allows 32766 variables).
+_ID_CHUNK = 500
+# Rows per DELETE when purging, each in its own transaction so the collector is not held up.
+_PURGE_CHUNK = 5000
+
+# Each step moves the schema from version i to i + 1. Never edit a released step; append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: episodes with their indexed columns; named records.
+    (
+        """CREATE TABLE episodes (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            agent_id TEXT NOT NULL,
+            ts INTEGER NOT NULL,
+            labeled INTEGER NOT NULL DEFAULT 0,
+            reward REAL,
+            model_version TEXT,
+            revision INTEGER NOT NULL DEFAULT 1,
+            doc TEXT NOT NULL
+        )""",
+        "CREATE INDEX episodes_agent_ts ON episodes (agent_id, ts)",
+        "CREATE INDEX episodes_ts ON episodes (ts)",
+        """CREATE TABLE records (
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (kind, name)
+        ) WITHOUT ROWID""",
+    ),
+    # 2: labeling selects unlabeled episodes of an agent, datasets the labeled ones, counts both.
+    ("CREATE INDEX episodes_agent_labeled_ts ON episodes (agent_id, labeled, ts)",),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_COLUMNS = "id, agent_id, ts, labeled, reward, model_version, revision, doc"
+
+
+def _micros(value: datetime) -> int:
+    """Microseconds since the epoch, exactly (naive datetimes are taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _episode_doc(episode: ep.Episode) -> str:
+    """The stored JSON: what ``Episode.to_json_dict()`` gives, serialised by pydantic's core."""
+    doc = episode.model_dump_json(by_alias=True, exclude_none=True)
+    if episode.reward is None:
+        # to_json_dict keeps "reward": null (scripts rely on the key); exclude_none dropped it.
+        doc = doc[:-1] + ',"reward":null}'
+    return doc
+
+
+@dataclass(frozen=True)
+class _Keyset:
+    ts: int
+    seq: int
+
+
+def _encode_cursor(key: _Keyset) -> str:
+    return base64.urlsafe_b64encode(f"d1:{key.ts}:{key.seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> _Keyset:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        tag, ts, seq = raw.split(":")
+        if tag != "d1":
+            raise ValueError(tag)
+        return _Keyset(int(ts), int(seq))
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"invalid cursor {cursor[:40]!r}: pass the next_cursor of a previous page unchanged"
+        ) from exc
+
+
+def _where(q: base.EpisodeQuery) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if q.agent_id is not None:
+        clauses.append("agent_id = ?")
+        params.append(q.agent_id)
+    if q.labeled is not None:
+        clauses.append("labeled = ?")
+        params.append(int(q.labeled))
+    if q.since is not None:
+        clauses.append("ts >= ?")
+        params.append(_micros(q.since))
+    if q.until is not None:
+        clauses.append("ts < ?")
+        params.append(_micros(q.until))
+    if q.min_reward is not None:
+        if not math.isfinite(q.min_reward):
+            raise ValueError(f"min_reward must be a finite number, got {q.min_reward!r}")
+        clauses.append("reward >= ?")
+        params.append(float(q.min_reward))
+    if q.model_version is not None:
+        clauses.append("model_version = ?")
+        params.append(q.model_version)
+    return clauses, params
+
+
+def _check_limit(limit: int | None, what: str) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"{what} must be a positive integer, got {limit!r}")
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the schema of ``conn``'s database to version ``target``; returns the version before.
+
+    Runs in one ``BEGIN IMMEDIATE`` transaction, so two processes opening a new file at once do not
+    both create tables. ``conn`` must be in autocommit mode (``isolation_level=None``).
+    """
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise base.StoreError(
+            f"the database has schema version {version}, newer than this lightning-op supports "
+            f"({SCHEMA_VERSION}); upgrade lightning-op"
+        )
+    if version >= target:
+        return version
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for step in range(version, target):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+            logger.info("episode store schema migrated to version %d", step + 1)
+        conn.execute(f"PRAGMA user_version = {max(version, target)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return version
+
+
+class SQLiteStore:
+    """``EpisodeStore`` on one SQLite file (or in memory); see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        redactor: redaction_mod.Redactor | None = None,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        url: str | None = None,
+    ) -> None:
+        self.path: Path | None = None if str(path) == MEMORY else Path(path).expanduser()
+        self.url = url or f"{URL_PREFIX}/{MEMORY if self.path is None else self.path}"
+        self.busy_timeout_s = busy_timeout_s
+        self._redactor = redactor if redactor is not None else redaction_mod.Redactor.default()
+        self._lock = threading.RLock()
+        self._closed = False
+        self._conn = self._connect()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        redactor: redaction_mod.Redactor | None = None,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> SQLiteStore:
+        """Open ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``.
+
+        The path is what follows ``sqlite:///`` (so an absolute path gives four slashes); ``~`` is
+        expanded and missing parent directories are created.
+        """
+        if not url.startswith(URL_PREFIX + "/"):
+            raise base.StoreError(
+                f"unsupported SQLite URL {url!r}: use sqlite:///relative/path.db, "
+                "sqlite:////absolute/path.db or sqlite:///:memory:"
+            )
+        path = url[len(URL_PREFIX) + 1 :]
+        if not path:
+            raise base.StoreError(f"SQLite URL {url!r} names no file: use sqlite:////absolute/path.db")
+        return cls(path, redactor=redactor, busy_timeout_s=busy_timeout_s, url=url)
+
+    # --- connection and errors ---------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        target = MEMORY
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Episodes are private even when redacted: create the file for its owner only
+                # (SQLite gives the -wal and -shm files the same permissions).
+                if not self.path.exists():
+                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise base.StoreUnavailableError(
+                    f"SQLite store {self.path}: cannot create the file: {exc.strerror or exc}; "
+                    "check the directory exists and is writable"
+                ) from exc
+            target = str(self.path)
+        try:
+            conn = sqlite3.connect(
+                target,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc, "opening the database") from exc
+        try:
+            if self.path is not None:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise base.StoreError(
+                        f"SQLite store {self.path}: cannot switch to WAL mode (got {mode!r}); "
+                        "the file must be on a local filesystem"
+                    )
+            # In WAL mode, NORMAL syncs the WAL only at checkpoints, not at every commit. A commit is
+            # written to the WAL file (the OS page cache) before it returns, so it survives the
+            # process being killed (kill -9, OOM): the kernel still writes it out and the next open
+            # replays the WAL. What NORMAL gives up is power loss or a kernel crash: the last
+            # transactions before the latest sync may roll back (the database stays consistent).
+            # FULL would fsync every commit and cap a per-episode writer at the disk's sync rate.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA cache_size=-32768")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._error(exc, "opening the database") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _where_am_i(self) -> str:
+        return f"SQLite store {self.path if self.path is not None else MEMORY}"
+
+    def _error(self, exc: sqlite3.Error, action: str) -> base.StoreError:
+        """The store error for a sqlite3 error, with a message that says what to do."""
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        where = self._where_am_i()
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc):
+            return base.StoreUnavailableError(
+                f"{where}: database is locked: another process held the write lock for more than "
+                f"{self.busy_timeout_s:g}s while {action}; retry later (only one process, the "
+                "collector, should write to a store)"
+            )
+        if name.startswith("SQLITE_FULL") or "disk is full" in str(exc):
+            return base.StoreUnavailableError(
+                f"{where}: database or disk is full while {action}; free disk space or purge old "
+                "episodes (retention.ttlDays), then retry"
+            )
+        if name.startswith("SQLITE_IOERR") or "disk I/O error" in str(exc):
+            return base.StoreUnavailableError(
+                f"{where}: disk I/O error while {action} ({exc}); check the volume, then retry"
+            )
+        if name.startswith("SQLITE_READONLY"):
+            return base.StoreUnavailableError(
+                f"{where}: the database is read-only while {action}; check the permissions of the "
+                "file and of its directory (SQLite writes -wal and -shm files beside it)"
+            )
+        if name.startswith("SQLITE_CANTOPEN"):
+            return base.StoreUnavailableError(
+                f"{where}: cannot open the database file while {action}; check the path and permissions"
+            )
+        if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+            return base.StoreError(
+                f"{where}: the file is not a SQLite database or is corrupt ({exc}); point --store at "
+                "another file or restore a backup"
+            )
+        if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
+            return base.StoreError(f"{where}: the store is closed")
+        return base.StoreError(f"{where}: {action} failed: {exc}")
+
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._check_open()
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise self._error(exc, action) from exc
+
+    @contextmanager
+    def _writing(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding the database's write lock from its start."""
+        with self._lock:
+            self._check_open()
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error(exc, action) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        logger.warning("%s: rollback after a failed %s failed", self._where_am_i(), action)
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc, action) from exc
+                raise
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise base.StoreError(f"{self._where_am_i()}: the store is closed")
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.url!r})"
+
+    # --- episodes: writes --------------------------------------------------------------------
+
+    def insert_many(self, episodes: Sequence[ep.Episode]) -> base.InsertResult:
+        """Redact and insert a batch in one transaction; ids already stored (or repeated in the
+        batch) are reported as duplicates and left unchanged. Inserted episodes get revision 1.
+        """
+        result = base.InsertResult()
+        if not episodes:
+            return result
+        # Redact and serialise before taking the write lock, to hold it as briefly as possible.
+        rows: list[tuple[Any, ...]] = []
+        for episode in episodes:
+            clean = self._redactor.redact_episode(episode)
+            clean.revision = 1
+            clean.labeled = clean.labeled or clean.reward is not None
+            rows.append(
+                (
+                    clean.id,
+                    clean.agent_id,
+                    _micros(clean.timestamp),
+                    int(clean.labeled),
+                    clean.reward,
+                    clean.model_version,
+                    1,
+                    _episode_doc(clean),
+                )
+            )
+        ids = [row[0] for row in rows]
+        with self._writing(f"inserting {len(rows)} episodes") as conn:
+            existing: set[str] = set()
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start : start + _ID_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                existing.update(
+                    r[0] for r in conn.execute(f"SELECT id FROM episodes WHERE id IN ({marks})", chunk)
+                )
+            new_rows = []
+            for row in rows:
+                episode_id = row[0]
+                if episode_id in existing:
+                    result.duplicates.append(episode_id)
+                else:
+                    existing.add(episode_id)
+                    result.accepted.append(episode_id)
+                    new_rows.append(row)
+            conn.executemany(f"INSERT INTO episodes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new_rows)
+        return result
+
+    def add_label(self, episode_id: str, label: ep.Label, expected_revision: int | None = None) -> ep.Episode:
+        """Append a (redacted) label, recompute ``reward``/``labeled``, bump ``revision``.
+
+        With ``expected_revision`` a concurrent change makes it raise ``ConflictError`` and write
+        nothing. An episode keeps at most ``episode.MAX_LABELS`` labels: beyond that the oldest
+        automatic label is dropped (manual ones are kept while there is an automatic one to drop).
+        """
+        counts: dict[str, int] = {}
+        clean_label = self._redactor.redact_label(label, counts)
+        with self._writing(f"labeling episode {episode_id}") as conn:
+            return self._append_label(conn, episode_id, clean_label, counts, expected_revision)
+
+    def _append_label(
+        self,
+        conn: sqlite3.Connection,
+        episode_id: str,
+        label: ep.Label,
+        counts: dict[str, int],
+        expected_revision: int | None,
+    ) -> ep.Episode:
+        """Inside a write transaction: check the revision, append ``label`` (already redacted), write."""
+        row = conn.execute("SELECT revision, doc FROM episodes WHERE id = ?", (episode_id,)).fetchone()
+        if row is None:
+            raise base.NotFoundError(f"episode {episode_id!r} not found in {self.url}")
+        revision, doc = int(row[0]), row[1]
+        if expected_revision is not None and revision != expected_revision:
+            raise base.ConflictError(
+                f"episode {episode_id!r} changed: revision is {revision}, expected "
+                f"{expected_revision}; re-read it and retry"
+            )
+        episode = ep.Episode.model_validate_json(doc)
+        labels = [*episode.labels, label]
+        while len(labels) > ep.MAX_LABELS:
+            drop = next((i for i, old in enumerate(labels) if not old.manual), 0)
+            del labels[drop]
+        # A reward the client sent without labels stands until a label gives a score.
+        reward = base.effective_reward(labels)
+        if reward is None:
+            reward = episode.reward
+        redactions = dict(episode.redactions)
+        for kind, n in counts.items():
+            redactions[kind] = redactions.get(kind, 0) + n
+        updated = episode.model_copy(
+            update={
+                "labels": labels,
+                "reward": reward,
+                "labeled": reward is not None,
+                "revision": revision + 1,
+                "redactions": redactions,
+            }
+        )
+        conn.execute(
+            "UPDATE episodes SET labeled = ?, reward = ?, revision = ?, doc = ? WHERE id = ?",
+            (int(updated.labeled), reward, updated.revision, _episode_doc(updated), episode_id),
+        )
+        return updated
+
+    def add_labels(self, updates: Sequence[base.LabelUpdate]) -> list[base.LabelWriteStatus]:
+        """``base.BatchLabelWriter``: every update in ONE transaction, each as ``add_label`` would do it;
+        a stale ``expected_revision`` gives ``CONFLICT`` and a missing episode ``NOT_FOUND`` for that
+        update only. If it raises, nothing was written."""
+        if not updates:
+            return []
+        prepared = []
+        for update in updates:
+            counts: dict[str, int] = {}
+            prepared.append((update, self._redactor.redact_label(update.label, counts), counts))
+        statuses: list[base.LabelWriteStatus] = []
+        with self._writing(f"labeling {len(updates)} episodes") as conn:
+            for update, label, counts in prepared:
+                try:
+                    self._append_label(conn, update.episode_id, label, counts, update.expected_revision)
+                except base.ConflictError:
+                    statuses.append(base.LabelWriteStatus.CONFLICT)
+                except base.NotFoundError:
+                    statuses.append(base.LabelWriteStatus.NOT_FOUND)
+                else:
+                    statuses.append(base.LabelWriteStatus.APPLIED)
+        return statuses
+
+    def purge_older_than(self, cutoff: datetime, agent_id: str | None = None) -> int:
+        """Delete episodes with a timestamp before ``cutoff``, in short transactions; returns how many.
+
+        The file does not shrink (SQLite reuses the freed pages for new episodes).
+        """
+        clause = "ts < ?" + (" AND agent_id = ?" if agent_id is not None else "")
+        params: list[Any] = [_micros(cutoff)] + ([agent_id] if agent_id is not None else [])
+        total = 0
+        while True:
+            with self._writing("purging old episodes") as conn:
+                deleted = conn.execute(
+                    f"DELETE FROM episodes WHERE seq IN (SELECT seq FROM episodes WHERE {clause} LIMIT ?)",
+                    [*params, _PURGE_CHUNK],
+                ).rowcount
+            total += deleted
+            if deleted < _PURGE_CHUNK:
+                break
+        if total:
+            logger.info("%s: purged %d episodes older than %s", self._where_am_i(), total, cutoff.isoformat())
+        return total
+
+    # --- episodes: reads ---------------------------------------------------------------------
+
+    def get(self, episode_id: str) -> ep.Episode | None:
+        with self._reading(f"reading episode {episode_id}") as conn:
+            row = conn.execute("SELECT doc FROM episodes WHERE id = ?", (episode_id,)).fetchone()
+        return None if row is None else ep.Episode.model_validate_json(row[0])
+
+    def query(self, q: base.EpisodeQuery) -> base.Page:
+        """One page, newest first (timestamp, then insertion order); ``q.limit`` items (default 100)."""
+        _check_limit(q.limit, "limit")
+        limit = q.limit or DEFAULT_PAGE_SIZE
+        clauses, params = _where(q)
+        if q.cursor:
+            key = _decode_cursor(q.cursor)
+            clauses.append("ts <= ? AND (ts < ? OR seq < ?)")
+            params += [key.ts, key.ts, key.seq]
+        where = " AND ".join(clauses) or "1"
+        sql = f"SELECT seq, ts, doc FROM episodes WHERE {where} ORDER BY ts DESC, seq DESC LIMIT ?"
+        with self._reading("querying episodes") as conn:
+            rows = conn.execute(sql, [*params, limit + 1]).fetchall()
+        page = rows[:limit]
+        items = [ep.Episode.model_validate_json(doc) for _, _, doc in page]
+        next_cursor = _encode_cursor(_Keyset(page[-1][1], page[-1][0])) if len(rows) > limit else None
+        return base.Page(items=items, next_cursor=next_cursor)
+
+    def _doc_batches(self, q: base.EpisodeQuery, batch_size: int) -> Iterator[list[str]]:
+        """Documents of matching episodes, oldest first, ``batch_size`` per statement (keyset paging)."""
+        _check_limit(q.limit, "limit")
+        _check_limit(batch_size, "batch_size")
+        if q.cursor:
+            raise ValueError(
+                "iter_episodes/iter_json read oldest first and take no cursor (cursors come from "
+                "query(), newest first); narrow the range with since/until instead"
+            )
+        clauses, params = _where(q)
+        where = " AND ".join([*clauses, "ts >= ? AND (ts > ? OR seq > ?)"])
+        sql = f"SELECT seq, ts, doc FROM episodes WHERE {where} ORDER BY ts, seq LIMIT ?"
+        last = _Keyset(-(2**63), -1)
+        remaining = q.limit
+        while remaining is None or remaining > 0:
+            size = batch_size if remaining is None else min(batch_size, remaining)
+            with self._reading("iterating episodes") as conn:
+                rows = conn.execute(sql, [*params, last.ts, last.ts, last.seq, size]).fetchall()
+            if not rows:
+                return
+            last = _Keyset(rows[-1][1], rows[-1][0])
+            if remaining is not None:
+                remaining -= len(rows)
+            yield [row[2] for row in rows]
+            if len(rows) < size:
+                return
+
+    def iter_episodes(self, q: base.EpisodeQuery, batch_size: int = 1000) -> Iterator[ep.Episode]:
+        """Every matching episode, oldest first, in constant memory; ``q.limit`` caps the total.
+
+        Episodes inserted meanwhile appear if they sort after the current position.
+        """
+        validate = ep.Episode.model_validate_json
+        for docs in self._doc_batches(q, batch_size):
+            for doc in docs:
+                yield validate(doc)
+
+    def iter_json(self, q: base.EpisodeQuery, batch_size: int = 5000) -> Iterator[dict[str, Any]]:
+        """Like ``iter_episodes`` but yields the stored ``to_json_dict()`` dicts, without pydantic."""
+        loads = orjson.loads
+        for docs in self._doc_batches(q, batch_size):
+            yield from map(loads, docs)
+
+    def count(self, agent_id: str | None = None, labeled: bool | None = None) -> int:
+        clauses, params = _where(base.EpisodeQuery(agent_id=agent_id, labeled=labeled))
+        where = " AND ".join(clauses) or "1"
+        with self._reading("counting episodes") as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM episodes WHERE {where}", params).fetchone()[0])
+
+    def reward_stats(
+        self, agent_id: str | None = None, since: datetime | None = None, model_version: str | None = None
+    ) -> base.RewardStats:
+        """Counts of all and labeled episodes; mean, population std, min and max of the rewards."""
+        clauses, params = _where(
+            base.EpisodeQuery(agent_id=agent_id, since=since, model_version=model_version)
+        )
+        where = " AND ".join(clauses) or "1"
+        sql = (
+            "SELECT COUNT(*), COALESCE(SUM(labeled), 0), COUNT(reward), AVG(reward), AVG(reward * reward), "
+            f"MIN(reward), MAX(reward), MAX(ts) FROM episodes WHERE {where}"
+        )
+        with self._reading("computing reward statistics") as conn:
+            count, labeled, rewarded, mean, mean_sq, low, high, last_ts = conn.execute(sql, params).fetchone()
+        std: float | None = None
+        if rewarded:
+            variance = mean_sq - mean * mean
+            # Rounding leaves a tiny (even negative) variance for equal rewards; that is zero.
+            std = math.sqrt(variance) if variance > 1e-12 else 0.0
+        return base.RewardStats(
+            count=int(count),
+            labeled=int(labeled),
+            mean=mean,
+            std=std,
+            min=low,
+            max=high,
+            last_timestamp=None if last_ts is None else _from_micros(int(last_ts)),
+        )
+
+    def agents(self) -> list[str]:
+        """Agent ids with at least one episode, sorted; one index seek per agent."""
+        sql = (
+            "WITH RECURSIVE a(id) AS ("
+            " SELECT MIN(agent_id) FROM episodes"
+            " UNION ALL SELECT (SELECT MIN(agent_id) FROM episodes WHERE agent_id > a.id) FROM a"
+            " WHERE a.id IS NOT NULL"
+            ") SELECT id FROM a WHERE id IS NOT NULL"
+        )
+        with self._reading("listing agents") as conn:
+            return [row[0] for row in conn.execute(sql)]
+
+    # --- records -----------------------------------------------------------------------------
+
+    def put_record(
+        self, kind: str, name: str, data: dict[str, Any], expected_revision: int | None = None
+    ) -> base.Record:
+        """Create or replace a record. ``expected_revision``: 0 means it must not exist yet, n > 0
+        that it must be at revision n; otherwise ``ConflictError`` and nothing is written."""
+        for field_name, value in (("kind", kind), ("name", name)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"record {field_name} must be a non-empty string, got {value!r}")
+        if not isinstance(data, dict):
+            raise ValueError(f"record {kind}/{name}: data must be a JSON object, got {type(data).__name__}")
+        try:
+            encoded = orjson.dumps(data).decode()
+        except TypeError as exc:
+            raise ValueError(f"record {kind}/{name}: data is not JSON-serialisable: {exc}") from exc
+        now = datetime.now(UTC)
+        with self._writing(f"writing record {kind}/{name}") as conn:
+            row = conn.execute(
+                "SELECT revision FROM records WHERE kind = ? AND name = ?", (kind, name)
+            ).fetchone()
+            current = 0 if row is None else int(row[0])
+            if expected_revision is not None and current != expected_revision:
+                state = "does not exist" if row is None else f"is at revision {current}"
+                raise base.ConflictError(
+                    f"record {kind}/{name} {state}, expected "
+                    f"{'none' if expected_revision == 0 else f'revision {expected_revision}'}; "
+                    "re-read it and retry"
+                )
+            conn.execute(
+                "INSERT INTO records (kind, name, revision, updated_at, data) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision, "
+                "updated_at = excluded.updated_at, data = excluded.data",
+                (kind, name, current + 1, _micros(now), encoded),
+            )
+        return base.Record(
+            kind=kind, name=name, data=orjson.loads(encoded), revision=current + 1, updated_at=now
+        )
+
+    def get_record(self, kind: str, name: str) -> base.Record | None:
+        with self._reading(f"reading record {kind}/{name}") as conn:
+            row = conn.execute(
+                "SELECT kind, name, data, revision, updated_at FROM records WHERE kind = ? AND name = ?",
+                (kind, name),
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def list_records(self, kind: str) -> list[base.Record]:
+        """Records of one kind, by name."""
+        with self._reading(f"listing records of kind {kind}") as conn:
+            rows = conn.execute(
+                "SELECT kind, name, data, revision, updated_at FROM records WHERE kind = ? ORDER BY name",
+                (kind,),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+
+def _record(row: tuple[Any, ...]) -> base.Record:
+    kind, name, data, revision, updated_at = row
+    return base.Record(
+        kind=kind,
+        name=name,
+        data=orjson.loads(data),
+        revision=int(revision),
+        updated_at=_from_micros(updated_at),
+    )
