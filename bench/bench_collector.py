@@ -62,7 +62,8 @@ def episode_template() -> bytes:
             "precipitation_mm": 2.4,
             "wind_kmh": 14,
             "advice": "Take an umbrella for the morning; the afternoon should be dry with some sun. "
-            "Expect busy roads around the river between 8 and 9.",
+            "Expect busy roads around the river between 8 and 9, and allow ten extra minutes for the "
+            "metro: line 4 runs a reduced service until noon.",
         },
     }
     text = json.dumps(episode, separators=(",", ":"))
@@ -203,8 +204,11 @@ def main() -> None:
         endpoint = f"{url}/v1/episodes"
         try:
             run_load(endpoint, args.batch, args.concurrency, 1.0, "warmup")
+            before = cpu_seconds(proc.pid)
             batched = run_load(endpoint, args.batch, args.concurrency, args.seconds, "batched")
+            middle = cpu_seconds(proc.pid)
             single = run_load(endpoint, 1, args.concurrency, args.baseline_seconds, "single")
+            after = cpu_seconds(proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(60)
@@ -227,11 +231,25 @@ def main() -> None:
             f"({phase['requests']} requests, statuses {phase['statuses']}, {phase['errors']} errors)"
         )
     print(f"store: {stored} episodes stored (>= {expected_min} acknowledged)")
+    # The machine may be shared: CPU time per episode does not depend on what else runs.
+    for name, phase, cpu in (
+        ("batched", batched, middle - before),
+        ("one per request", single, after - middle),
+    ):
+        per = cpu / phase["episodes"] * 1e6 if phase["episodes"] else float("nan")
+        print(f"{name:>16}: collector used {cpu:.1f} CPU-s, {per:.0f} us of CPU per episode")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
     ratio = rate_batched / rate_single if rate_single else float("inf")
     print(
         f"collector: {rate_batched:.0f} eps/s (batched) vs {rate_single:.0f} eps/s (one per request) "
         f"ratio={ratio:.0f}x"
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_model() -> str:

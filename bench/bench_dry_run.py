@@ -82,7 +82,7 @@ def start_judge(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
 
 async def timed_dry_run(
     store_url: str, base_url: str, sample_size: int, concurrency: int
-) -> tuple[float, int]:
+) -> tuple[float, int, float]:
     spec = graders.load_grader_spec(
         {
             "type": "score_model",
@@ -100,14 +100,16 @@ async def timed_dry_run(
     store = store_mod.open_store(store_url)
     try:
         started = time.perf_counter()
+        cpu = time.process_time()
         result = await labeling.dry_run(store, grader, "bench", sample_size, concurrency=concurrency)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
     finally:
         await grader.aclose()
         store.close()
     if result.metrics.failed:
         raise SystemExit(f"{result.metrics.failed} gradings failed: {result.records[0].error}")
-    return elapsed, result.metrics.count
+    return elapsed, result.metrics.count, cpu
 
 
 def main() -> None:
@@ -126,8 +128,8 @@ def main() -> None:
         try:
             # Warm-up: imports, the SDK client, the connection pool.
             asyncio.run(timed_dry_run(store_url, base_url, 4, 4))
-            sequential, n_seq = asyncio.run(timed_dry_run(store_url, base_url, args.sample_size, 1))
-            concurrent, n_con = asyncio.run(
+            sequential, n_seq, _ = asyncio.run(timed_dry_run(store_url, base_url, args.sample_size, 1))
+            concurrent, n_con, cpu_con = asyncio.run(
                 timed_dry_run(store_url, base_url, args.sample_size, args.concurrency)
             )
         finally:
@@ -136,10 +138,12 @@ def main() -> None:
 
     ratio = sequential / concurrent
     print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}, python {platform.python_version()}")
+    print(f"load average (1 min): {os.getloadavg()[0]:.1f}")
     print(f"judge latency: {args.latency_ms:g} ms per request, {args.sample_size} samples")
     print(f"sequential (concurrency 1): {sequential:.2f}s ({n_seq / sequential:.1f} samples/s)")
     print(
-        f"concurrent (concurrency {args.concurrency}): {concurrent:.2f}s ({n_con / concurrent:.1f} samples/s)"
+        f"concurrent (concurrency {args.concurrency}): {concurrent:.2f}s "
+        f"({n_con / concurrent:.1f} samples/s; client CPU {cpu_con / n_con * 1000:.1f} ms per sample)"
     )
     verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
     print(

@@ -110,9 +110,15 @@ def main() -> None:
         try:
             insert_s = fill(store, "bench", args.episodes)
             fill(store, "baseline", args.baseline_episodes)
+            load_before = os.getloadavg()[0]
+            cpu = time.process_time()
             naive_n, naive_s = asyncio.run(naive(store, tool_selection, "baseline"))
+            naive_cpu = time.process_time() - cpu
+            cpu = time.process_time()
             report = asyncio.run(labeling.label_batch(store, tool_selection, agent_id="bench"))
+            report_cpu = time.process_time() - cpu
             report_call = asyncio.run(labeling.label_batch(store, tool_call, agent_id="bench"))
+            load_after = os.getloadavg()[0]
             rerun = asyncio.run(labeling.label_batch(store, tool_selection, agent_id="bench"))
             batched = isinstance(store, store_base.BatchLabelWriter)
         finally:
@@ -124,17 +130,19 @@ def main() -> None:
     eps = report.episodes_per_second
     ratio = eps / naive_eps
     print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}, python {platform.python_version()}")
+    # Other processes on the machine slow the wall clock; CPU seconds of this process do not move much.
+    print(f"load average (1 min) before/after: {load_before:.1f} / {load_after:.1f}")
     print(
         f"store: SQLite, {args.episodes:,} episodes inserted in {insert_s:.1f}s; "
         f"label writes: {'add_labels (batched)' if batched else 'add_label fallback (one per label)'}"
     )
     print(
         f"naive (one episode, one add_label at a time): {naive_n:,} episodes in {naive_s:.2f}s "
-        f"= {naive_eps:,.0f} episodes/s"
+        f"= {naive_eps:,.0f} episodes/s ({naive_n / naive_cpu:,.0f} per CPU-second)"
     )
     print(
         f"label_batch tool_selection: {report.graded:,} episodes in {report.duration_s:.2f}s "
-        f"= {eps:,.0f} episodes/s"
+        f"= {eps:,.0f} episodes/s ({report.graded / report_cpu:,.0f} per CPU-second, both threads)"
     )
     print(
         f"label_batch tool_call (arguments too): {report_call.graded:,} episodes in "

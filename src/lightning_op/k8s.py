@@ -167,6 +167,17 @@ class Cluster:
         except NotFound:
             return False
 
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch a Job (``{"spec": {"suspend": true}}`` suspends it: its pods stop, the Job stays)."""
+        return _json(
+            _call(
+                f"patch Job {namespace}/{name}",
+                lambda: self.batch.patch_namespaced_job(
+                    name, namespace, patch, field_manager=constants.FIELD_MANAGER, _preload_content=False
+                ),
+            )
+        )
+
     def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         data = _json(
             _call(
@@ -201,6 +212,24 @@ class Cluster:
             )
         except NotFound:
             return None
+
+    def patch_custom_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the status subresource of one of our objects (daemons, which outlive kopf's patch)."""
+        return _json(
+            _call(
+                f"patch {plural} {namespace}/{name} status",
+                lambda: self.custom.patch_namespaced_custom_object_status(
+                    constants.GROUP,
+                    constants.VERSION,
+                    namespace,
+                    plural,
+                    name,
+                    {"status": status},
+                    field_manager=constants.FIELD_MANAGER,
+                    _preload_content=False,
+                ),
+            )
+        )
 
     def get_secret_value(self, namespace: str, name: str, key: str) -> str:
         """One key of a named Secret (get only: the operator never lists or watches Secrets)."""

@@ -23,12 +23,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from support.collector_process import CollectorProcess
+from support.collector_process import CollectorProcess, hold_write_lock, wait_for_metric
 
 from lightning_op import store as store_mod
 from lightning_op.collector import capture
 from lightning_op.store import base as store_base
+
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +233,51 @@ def test_a_disabled_recorder_does_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     assert recorder.submit({"state": {"query": "q"}}) is False
     assert recorder.stats["recorded"] == 0
     assert recorder.flush(0.1)
+
+
+def test_a_full_write_queue_answers_429_and_the_client_waits_it_out(tmp_path: Path) -> None:
+    db = tmp_path / "episodes.db"
+    store_url = f"sqlite:///{db}"
+
+    def body(offset: int) -> bytes:
+        return json.dumps(
+            [{"agentId": "queue-bot", "state": {"query": f"q{offset}-{n}"}} for n in range(10)]
+        ).encode()
+
+    answers: list[int] = []
+    with CollectorProcess(store_url, "--queue-size", "1") as proc:
+        recorder = capture.EpisodeRecorder(proc.url, "queue-bot", backoff_base=0.01, flush_interval=0.01)
+
+        def post(offset: int) -> None:
+            answer = httpx.post(f"{proc.url}/v1/episodes", content=body(offset), headers=JSON, timeout=30)
+            answers.append(answer.status_code)
+
+        with hold_write_lock(db):
+            # One batch waits in the writer for the lock, one in the queue of size 1: the queue is full.
+            threads = [threading.Thread(target=post, args=(n,)) for n in range(2)]
+            for pending, thread in enumerate(threads, start=1):
+                thread.start()
+                wait_for_metric(proc.url, "lightning_collector_batches_pending", pending)
+                time.sleep(0.1)  # the writer takes the first batch off the queue
+            full = httpx.post(f"{proc.url}/v1/episodes", content=body(2), headers=JSON)
+            not_ready = httpx.get(f"{proc.url}/readyz")
+            for turn in range(5):
+                with recorder.record(query="q", session_id="queued", turn=turn):
+                    pass
+            time.sleep(0.5)
+            during = recorder.stats
+        assert recorder.flush(15)
+        recorder.close()
+        for thread in threads:
+            thread.join(30)
+
+    assert full.status_code == 429 and full.headers["Retry-After"] == "1"
+    assert "queue is full" in full.json()["error"]
+    assert not_ready.status_code == 503
+    assert during["retries"] >= 1 and during["accepted"] == 0
+    assert recorder.stats["accepted"] == 5
+    assert answers == [200, 200]
+    assert len(stored(store_url, "queue-bot")) == 25
 
 
 # --- 429 / 503 / per-item rejections, from a scripted HTTP server ----------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.collector_process import CollectorProcess
+from support.collector_process import CollectorProcess, hold_write_lock, wait_for_metric
 
 from lightning_op import store as store_mod
 
@@ -96,34 +96,36 @@ def test_every_acknowledged_episode_survives_kill_9_and_a_restart(tmp_path: Path
 
 
 def test_sigterm_answers_the_batches_in_flight_then_exits_0(tmp_path: Path) -> None:
-    store_url = f"sqlite:///{tmp_path / 'episodes.db'}"
-    collector = CollectorProcess(store_url).start()
-    answers: dict[int, tuple[int, dict[str, Any], float]] = {}
+    db = tmp_path / "episodes.db"
+    collector = CollectorProcess(f"sqlite:///{db}").start()
+    answers: dict[int, tuple[int, dict[str, Any]]] = {}
 
     def send(worker: int) -> None:
         batch = [episode(worker, seq, "drain-bot") for seq in range(1500)]
         answer = httpx.post(
             f"{collector.url}/v1/episodes", content=json.dumps(batch).encode(), headers=JSON, timeout=60
         )
-        answers[worker] = (answer.status_code, answer.json(), time.monotonic())
+        answers[worker] = (answer.status_code, answer.json())
 
     threads = [threading.Thread(target=send, args=(w,)) for w in range(6)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.5)
-    signalled = time.monotonic()
-    collector.proc.send_signal(signal.SIGTERM)
+    # With the file's write lock held elsewhere the writer waits, so all six batches are in flight.
+    with hold_write_lock(db):
+        for thread in threads:
+            thread.start()
+        wait_for_metric(collector.url, "lightning_collector_batches_pending", 6)
+        collector.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert answers == {} and collector.proc.poll() is None
     for thread in threads:
         thread.join(60)
     code = collector.proc.wait(30)
 
     assert code == 0, collector.log
     assert sorted(answers) == list(range(6))
-    assert all(status == 200 and body["accepted"] == 1500 for status, body, _ in answers.values())
-    assert any(at > signalled for _, _, at in answers.values()), "nothing was in flight at SIGTERM"
+    assert all(status == 200 and body["accepted"] == 1500 for status, body in answers.values())
     log = collector.log
     assert "collector stopping" in log and "collector stopped" in log and "9000 episodes accepted" in log
-    store = store_mod.open_store(store_url)
+    store = store_mod.open_store(f"sqlite:///{db}")
     try:
         assert store.count(agent_id="drain-bot") == 9000
     finally:

@@ -3,6 +3,9 @@
 It listens on ``--port 0`` and the port is read from the one log line the command prints when
 listening, so parallel tests never race for a port. Everything the process writes to stderr is kept
 in ``log`` (tests check it for leaked personal data and for the lifecycle lines).
+
+``hold_write_lock`` makes the store slow on purpose: it holds a SQLite file's write lock, so the
+collector's writer waits (up to the store's busy timeout) and batches stay in flight.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -121,3 +127,31 @@ class CollectorProcess:
                 self.terminate(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@contextmanager
+def hold_write_lock(db: Path) -> Iterator[None]:
+    """Hold the write lock of the SQLite file ``db`` (which must exist) until the block ends."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def metric(url: str, name: str) -> float:
+    """One sample of the collector's /metrics (0 when absent)."""
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rpartition(" ")[2])
+    return 0.0
+
+
+def wait_for_metric(url: str, name: str, value: float, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while metric(url, name) < value:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} did not reach {value} within {timeout} s")
+        time.sleep(0.02)

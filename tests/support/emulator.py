@@ -32,9 +32,24 @@ import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
-from kmock._internal import dicts, enums, k8s, references, rendering
+from kmock._internal import dicts, enums, k8s, parsing, references, rendering
 
 WRITE_ACTIONS = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
+
+_kmock_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    """kmock 0.8 reads ``/api/v1/namespaces`` as the prefix of a namespaced path with no namespace and
+    answers 500; kopf lists and watches Namespaces to serve ``--namespace``. Read ``/api/v1/namespaces``
+    and ``/api/v1/namespaces/NAME`` as the cluster-scoped Namespace resource, as the API server does."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+        return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+    return _kmock_parse_path(path)
+
+
+parsing.parse_path = _parse_path
 
 
 @attrs.frozen

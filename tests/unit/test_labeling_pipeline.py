@@ -5,7 +5,8 @@ grader name, version, score, reason and time, through the store's batch write an
 one-``add_label``-at-a-time fallback; a rerun grades nothing and calls no judge (resumable); ``limit``
 counts only episodes graded; a manual label keeps winning; a label written concurrently by someone
 else does not make ours fail or double; ``--min-score`` and ``--no-auto-label`` write nothing they
-should not; a grader that raises fails only its episode. The LLM judge path (``score_model`` through
+should not; a grader that raises fails only its episode; a store outage is retried, then raised as
+the store's own error; cancelling a batch stops it promptly. The LLM judge path (``score_model`` through
 the openai SDK against ``testing.judge_server``, OpenAI and Azure style): under a 429/500 storm, hangs
 and unparsable replies every episode ends labeled or marked failed, none twice; Retry-After is
 honoured; at most ``concurrency`` requests are ever in flight; the request-rate and token-rate limiter
@@ -266,6 +267,37 @@ async def test_a_raising_grader_fails_only_its_episode(store: store_base.Episode
     assert label.score is None and label.error is not None and "bug in grader" in label.error
 
 
+class FailingStore(NoBatchStore):
+    """The real store whose label writes fail ``failures`` times with StoreUnavailableError."""
+
+    def __init__(self, inner: store_base.EpisodeStore, failures: int) -> None:
+        super().__init__(inner)
+        self.failures = failures
+
+    def add_label(self, *args: Any, **kwargs: Any) -> ep.Episode:
+        if self.failures:
+            self.failures -= 1
+            raise store_base.StoreUnavailableError("database is locked")
+        return super().add_label(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("failures", "survives"), [(2, True), (100, False)], ids=["transient", "down"])
+async def test_store_outage_is_retried_then_raised_as_is(
+    store: store_base.EpisodeStore, monkeypatch: pytest.MonkeyPatch, failures: int, survives: bool
+) -> None:
+    monkeypatch.setattr(labeling, "STORE_RETRY_BASE_S", 0.001)
+    store.insert_many(make_episodes(10))
+    flaky = FailingStore(store, failures)
+
+    if survives:
+        report = await labeling.label_batch(flaky, rule_grader(), agent_id=AGENT)
+        assert report.labeled == 10
+        assert all(len(labels) == 1 for labels in labels_by(store, "tool_selection").values())
+    else:
+        with pytest.raises(store_base.StoreUnavailableError, match="locked"):
+            await labeling.label_batch(flaky, rule_grader(), agent_id=AGENT)
+
+
 # --- the LLM judge over HTTP ---------------------------------------------------------------------
 
 
@@ -403,6 +435,25 @@ async def test_token_bucket_waits_for_tokens_and_pauses() -> None:
 def test_rate_limiter_refuses_nonsense(rps: float | None, tpm: float | None) -> None:
     with pytest.raises(ValueError, match="must be positive"):
         labeling.RateLimiter(rps, tpm)
+
+
+async def test_cancelling_a_batch_stops_it_promptly(
+    store: store_base.EpisodeStore, judge: Callable[..., Any]
+) -> None:
+    store.insert_many(make_episodes(20))
+    server = await judge(faults=js.Faults(hang_first=1000))
+    batch = asyncio.ensure_future(
+        labeling.label_batch(store, judge_grader(server), agent_id=AGENT, timeout_s=30)
+    )
+    await asyncio.sleep(0.3)
+
+    started = time.perf_counter()
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+
+    assert time.perf_counter() - started < 2
+    assert store.count(AGENT, labeled=True) == 0
 
 
 # --- dry run and sample test ---------------------------------------------------------------------

@@ -329,7 +329,7 @@ def label_batch(
     if report.min_score is not None:
         rows.append((f"below --min-score {report.min_score:g} (left for review)", report.below_min_score))
     if report.invalid:
-        rows.append(("invalid or full episodes (untouched)", report.invalid))
+        rows.append(("invalid episodes (left untouched)", report.invalid))
     rows += [
         ("retries", report.retries),
         ("mean score", _score(report.mean_score)),

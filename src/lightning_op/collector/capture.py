@@ -54,6 +54,7 @@ from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 import httpx
+import orjson
 import pydantic
 
 from lightning_op import __version__
@@ -212,6 +213,8 @@ class EpisodeRecorder:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.url = _endpoint(collector_url) if collector_url else None
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"collector URL {collector_url!r} must start with http:// or https://")
         self.agent_id = agent_id
         self.enabled = bool(enabled and collector_url and agent_id)
         self.sampling_rate = sampling_rate
@@ -272,17 +275,24 @@ class EpisodeRecorder:
                 if not 0.0 <= rate <= 1.0:
                     raise ValueError
             except ValueError:
-                log.warning(
-                    "capture: %s=%r is not a number between 0 and 1; sampling everything",
-                    constants.ENV_SAMPLING_RATE,
-                    raw_rate,
-                )
+                if enabled:
+                    log.warning(
+                        "capture: %s=%r is not a number between 0 and 1; sampling everything",
+                        constants.ENV_SAMPLING_RATE,
+                        raw_rate,
+                    )
                 rate = 1.0
         if enabled and (url is None or agent_id is None):
             missing = constants.ENV_COLLECTOR_URL if url is None else constants.ENV_AGENT_ID
             log.warning(
                 "capture: %s is true but %s is not set; capture is off", constants.ENV_ENABLE_CAPTURE, missing
             )
+        if url is not None and not url.startswith(("http://", "https://")):
+            if enabled:
+                log.warning(
+                    "capture: %s=%r is not an http(s) URL; capture is off", constants.ENV_COLLECTOR_URL, url
+                )
+            url = None
         kwargs: dict[str, Any] = {
             "collector_url": url,
             "agent_id": agent_id,
@@ -396,17 +406,21 @@ class EpisodeRecorder:
                 if not self.enabled:
                     return _NOOP
                 try:
-                    bound = signature.bind_partial(*args, **kwargs)
-                    arguments = {k: v for k, v in bound.arguments.items() if k not in _SKIP_PARAMS}
-                except TypeError:
-                    arguments = {"args": list(args), **kwargs}
-                query = arguments.get(query_arg)
-                session = arguments.get(session_arg)
-                rec = self.record(
-                    query if isinstance(query, str) else "",
-                    session_id=session if isinstance(session, str) else None,
-                )
-                rec.action(name, arguments)
+                    try:
+                        bound = signature.bind_partial(*args, **kwargs)
+                        arguments = {k: v for k, v in bound.arguments.items() if k not in _SKIP_PARAMS}
+                    except TypeError:  # the call itself is wrong; the function will say so
+                        arguments = {"args": list(args), **kwargs}
+                    query = arguments.get(query_arg)
+                    session = arguments.get(session_arg)
+                    rec = self.record(
+                        query if isinstance(query, str) else "",
+                        session_id=session if isinstance(session, str) else None,
+                    )
+                    rec.action(name, arguments)
+                except Exception:  # the agent must never fail because of capture
+                    log.debug("capture: could not start recording %s", name, exc_info=True)
+                    return _NOOP
                 return rec
 
             if inspect.iscoroutinefunction(f):
@@ -533,8 +547,10 @@ class EpisodeRecorder:
                     self._in_flight = len(batch)
                 try:
                     self._send(client, batch)
-                except Exception:  # a bug here must not kill sending for good
-                    log.exception("capture: sending a batch failed unexpectedly")
+                except Exception as exc:  # a bug here must not kill sending for good
+                    self._log_once(
+                        "unexpected", "capture: sending a batch failed: %s: %s", type(exc).__name__, exc
+                    )
                     self._count("failed", len(batch))
                 finally:
                     with self._cond:
@@ -581,8 +597,9 @@ class EpisodeRecorder:
         try:
             try:
                 return ep.Episode.model_validate(data).to_json_dict()
-            except pydantic.ValidationError:
-                # Perhaps only non-JSON values (objects, sets, bytes): convert them and try again.
+            except (pydantic.ValidationError, TypeError):
+                # Perhaps only non-JSON values (objects, sets, bytes, non-string keys): convert them
+                # to JSON-safe forms and try again.
                 return ep.Episode.model_validate(_json_safe(data)).to_json_dict()
         except (pydantic.ValidationError, ValueError, TypeError, RecursionError) as exc:
             self._count("invalid")
@@ -595,7 +612,10 @@ class EpisodeRecorder:
             return None
 
     def _post(self, client: httpx.Client, batch: _Batch) -> None:
-        body = json.dumps(batch.episodes, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            body = orjson.dumps(batch.episodes)
+        except TypeError:  # integers over 64 bits, non-string keys: the slower, more lenient encoder
+            body = json.dumps(batch.episodes, ensure_ascii=False, default=str).encode()
         if self.gzip:
             body = gzip_mod.compress(body, compresslevel=5)
         while True:

@@ -49,9 +49,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import prometheus_client
 import pydantic
-import pydantic_core
 from aiohttp import web
 
 from lightning_op import store as store_mod
@@ -165,6 +165,11 @@ class CollectorMetrics:
         self.queue_depth = prometheus_client.Gauge(
             "lightning_collector_queue_depth", "Batches waiting for the writer.", registry=r
         )
+        self.pending = prometheus_client.Gauge(
+            "lightning_collector_batches_pending",
+            "Batches received and not yet answered: queued or being written.",
+            registry=r,
+        )
         self.queue_capacity = prometheus_client.Gauge(
             "lightning_collector_queue_capacity", "Size of the write queue (batches).", registry=r
         )
@@ -207,6 +212,7 @@ class StoreWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-writer")
         self._store: store_base.EpisodeStore | None = None
         self._task: asyncio.Task[None] | None = None
+        self._probe: asyncio.Future[ep.Episode | None] | None = None
         self.committed_groups = 0
 
     @property
@@ -231,6 +237,8 @@ class StoreWriter:
         except asyncio.QueueFull:
             raise QueueFullError from None
         self._metrics.queue_depth.set(self._queue.qsize())
+        self._metrics.pending.inc()
+        future.add_done_callback(lambda _: self._metrics.pending.dec())
         return future
 
     async def probe(self) -> str | None:
@@ -238,8 +246,11 @@ class StoreWriter:
         store = self._store
         if store is None or self._task is None or self._task.done():
             return "the writer is not running"
+        # One probe at a time on the writer thread: a stuck store must not collect a backlog of them.
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._in_thread(lambda: store.get(_PROBE_ID)))
         try:
-            await asyncio.wait_for(self._in_thread(lambda: store.get(_PROBE_ID)), _READY_PROBE_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.shield(self._probe), _READY_PROBE_TIMEOUT_S)
         except TimeoutError:
             return f"the store did not answer within {_READY_PROBE_TIMEOUT_S:g} s"
         except Exception as exc:  # any failure means not ready; the reason goes to the probe's body
@@ -411,14 +422,22 @@ def gunzip_limited(data: bytes, limit: int) -> bytes:
     return out
 
 
-def decode_items(body: bytes, content_type: str, max_items: int) -> list[Any]:
-    """The items of a body: a JSON array (or one object) or JSON Lines; raises ``RequestError``."""
+def _check_utf8(body: bytes) -> None:
     try:
-        text = body.decode("utf-8")
+        body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestError(400, f"body is not valid UTF-8 (byte {exc.start}): send UTF-8 JSON") from None
+
+
+def decode_items(body: bytes, content_type: str, max_items: int) -> list[Any]:
+    """The items of a body: a JSON array (or one object) or JSON Lines; raises ``RequestError``.
+
+    Parsed with orjson (strict JSON: no NaN or Infinity, nesting up to 1024 levels; the Episode
+    model then bounds free-form JSON to ``MAX_JSON_DEPTH``).
+    """
     if content_type in JSONL_TYPES:
-        lines = [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+        _check_utf8(body)
+        lines = [(number, line) for number, line in enumerate(body.split(b"\n"), start=1) if line.strip()]
         if len(lines) > max_items:
             raise RequestError(
                 413,
@@ -427,15 +446,16 @@ def decode_items(body: bytes, content_type: str, max_items: int) -> list[Any]:
         items: list[Any] = []
         for number, line in lines:
             try:
-                items.append(pydantic_core.from_json(line))
-            except ValueError as exc:
+                items.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
                 items.append(_LineError(f"line {number} is not valid JSON: {exc}"))
         return items
-    if not text.strip():
+    if not body.strip():
         raise RequestError(400, "body is empty: send a JSON array of episodes")
     try:
-        data = pydantic_core.from_json(text)
-    except ValueError as exc:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        _check_utf8(body)
         raise RequestError(400, f"body is not valid JSON: {exc}") from None
     if isinstance(data, dict):
         return [data]
@@ -648,18 +668,18 @@ class Collector:
             "results": results,
         }
         all_rejected = bool(results) and counts[ItemStatus.REJECTED] == len(results)
-        return web.json_response(body, status=422 if all_rejected else 200)
+        return _json(body, status=422 if all_rejected else 200)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return _json({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         if self.writer.full():
-            return web.json_response({"status": "not ready", "reason": "the write queue is full"}, status=503)
+            return _json({"status": "not ready", "reason": "the write queue is full"}, status=503)
         problem = await self.writer.probe()
         if problem is not None:
-            return web.json_response({"status": "not ready", "reason": problem}, status=503)
-        return web.json_response({"status": "ready", "queueDepth": self.writer.depth})
+            return _json({"status": "not ready", "reason": problem}, status=503)
+        return _json({"status": "ready", "queueDepth": self.writer.depth})
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         self.metrics.queue_depth.set(self.writer.depth)
@@ -685,8 +705,14 @@ class Collector:
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="lightning-collector"'}
 
 
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+    return _json({"error": message}, status, headers)
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
@@ -751,12 +777,13 @@ async def serve(
     requests in flight, write what is queued, close the store and return."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     app = create_app(config, store_factory=store_factory)
     runner = make_runner(app, config)
-    await runner.setup()
     try:
+        await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:
             await site.start()
@@ -776,5 +803,5 @@ async def serve(
         log.info("collector stopping: draining %d queued batches", collector_of(app).writer.depth)
     finally:
         await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)

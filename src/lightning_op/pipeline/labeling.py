@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pydantic
 from pydantic.alias_generators import to_camel
@@ -72,6 +72,8 @@ MAX_ERROR_KINDS = 20
 MAX_FAILED_ATTEMPTS = 3
 #: a store write that fails with StoreUnavailableError is tried this many times in all
 STORE_WRITE_ATTEMPTS = 4
+#: seconds before the first retry of a store write; doubled each time
+STORE_RETRY_BASE_S = 0.2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,8 +165,7 @@ def estimate_tokens(grader: graders_base.Grader, episode: ep.Episode) -> int:
 # Grading with retries and timeouts
 
 
-@dataclass(frozen=True)
-class _Graded:
+class _Graded(NamedTuple):
     episode: ep.Episode
     result: graders_base.GradeResult
     attempts: int
@@ -386,9 +387,9 @@ def _done_by(data: Mapping[str, Any], grader: str, version: str, *, retry_failed
 
 @dataclass
 class _Page:
-    episodes: list[ep.Episode]
+    #: stored JSON of the episodes to grade, validated only when a worker takes one (see _EpisodeFeed)
+    docs: list[dict[str, Any]]
     skipped: int
-    invalid: int
 
 
 _DONE = object()
@@ -404,11 +405,11 @@ def _read_pages(
     page_size: int,
 ) -> Iterator[_Page]:
     """Pages of episodes to grade (runs on the store thread). Skips episodes this grader version
-    already labeled and ids seen before in this run; stops after ``limit`` episodes to grade."""
+    is done with and ids seen before in this run; stops after ``limit`` episodes to grade."""
     seen: set[str] = set()
     wanted = 0
-    episodes: list[ep.Episode] = []
-    skipped = invalid = 0
+    docs: list[dict[str, Any]] = []
+    skipped = 0
     for data in store.iter_json(query, batch_size=page_size):
         episode_id = data.get("id")
         if not isinstance(episode_id, str) or episode_id in seen:
@@ -417,31 +418,38 @@ def _read_pages(
         if _done_by(data, grader.name, grader.version, retry_failed=retry_failed):
             skipped += 1
         else:
-            try:
-                episodes.append(ep.Episode.model_validate(data))
-                wanted += 1
-            except pydantic.ValidationError as exc:
-                logger.warning("episode %s is not valid, skipped: %s", episode_id, ep.validation_reason(exc))
-                invalid += 1
-        if len(episodes) >= page_size or skipped + invalid >= 10 * page_size:
-            yield _Page(episodes, skipped, invalid)
-            episodes, skipped, invalid = [], 0, 0
+            docs.append(data)
+            wanted += 1
+        if len(docs) >= page_size or skipped >= 10 * page_size:
+            yield _Page(docs, skipped)
+            docs, skipped = [], 0
         if limit is not None and wanted >= limit:
             break
-    if episodes or skipped or invalid:
-        yield _Page(episodes, skipped, invalid)
+    if docs or skipped:
+        yield _Page(docs, skipped)
 
 
 class _EpisodeFeed:
-    """Hands episodes to workers from pages read ahead on the store thread (two pages in flight)."""
+    """Hands episodes to workers from pages read ahead on the store thread (one page in flight).
+
+    Pages hold the stored JSON; an episode is validated into an ``Episode`` only when a worker takes
+    it, so model objects live for one grading and die young: pages of validated models waiting in a
+    buffer would survive into the garbage collector's old generation and make its full collections
+    a large share of the cost of labeling with a rule grader.
+    """
 
     def __init__(
-        self, pages: Iterator[_Page], thread: _StoreThread, on_page: Callable[[_Page], None]
+        self,
+        pages: Iterator[_Page],
+        thread: _StoreThread,
+        on_page: Callable[[_Page], None],
+        on_invalid: Callable[[str], None],
     ) -> None:
         self._pages = pages
         self._thread = thread
         self._on_page = on_page
-        self._buffer: deque[ep.Episode] = deque()
+        self._on_invalid = on_invalid
+        self._buffer: deque[dict[str, Any]] = deque()
         self._next: asyncio.Future[Any] | None = None
         self._done = False
         self._lock = asyncio.Lock()
@@ -450,24 +458,31 @@ class _EpisodeFeed:
         self._next = asyncio.ensure_future(self._thread.call(next, self._pages, _DONE))
 
     async def next(self) -> ep.Episode | None:
-        while not self._buffer:
-            if self._done:
-                return None
-            async with self._lock:
-                if self._buffer or self._done:
-                    continue
-                if self._next is None:
+        while True:
+            while not self._buffer:
+                if self._done:
+                    return None
+                async with self._lock:
+                    if self._buffer or self._done:
+                        continue
+                    if self._next is None:
+                        self._prefetch()
+                    assert self._next is not None
+                    page = await self._next
+                    if page is _DONE:
+                        self._done = True
+                        self._next = None
+                        continue
                     self._prefetch()
-                assert self._next is not None
-                page = await self._next
-                if page is _DONE:
-                    self._done = True
-                    self._next = None
-                    continue
-                self._prefetch()
-                self._on_page(page)
-                self._buffer.extend(page.episodes)
-        return self._buffer.popleft()
+                    self._on_page(page)
+                    self._buffer.extend(page.docs)
+            data = self._buffer.popleft()
+            try:
+                return ep.Episode.model_validate(data)
+            except pydantic.ValidationError as exc:
+                episode_id = str(data.get("id"))
+                logger.warning("episode %s is not valid, skipped: %s", episode_id, ep.validation_reason(exc))
+                self._on_invalid(episode_id)
 
     async def aclose(self) -> None:
         """Wait for a read in flight and close the page generator (and the store cursor) on the store
@@ -504,7 +519,7 @@ def _write_labels(
             if attempt >= STORE_WRITE_ATTEMPTS:
                 raise
             logger.warning("store unavailable while writing labels; retry %d", attempt)
-            time.sleep(0.2 * 2**attempt)
+            time.sleep(STORE_RETRY_BASE_S * 2**attempt)
     return statuses
 
 
@@ -637,7 +652,7 @@ class LabelingReport:
     skipped: int = 0
     #: scored below ``min_score``: not written, left for review (``label-episode``)
     below_min_score: int = 0
-    #: stored episodes that no longer validate, left untouched
+    #: stored episodes that no longer validate, left untouched (logged)
     invalid: int = 0
     #: episodes deleted between reading and writing
     vanished: int = 0
@@ -887,9 +902,13 @@ async def label_batch(
     def on_page(page: _Page) -> None:
         nonlocal done
         report.skipped += page.skipped
-        report.invalid += page.invalid
-        done += page.skipped + page.invalid
+        done += page.skipped
         report_progress()
+
+    def on_invalid(episode_id: str) -> None:
+        nonlocal done
+        report.invalid += 1
+        done += 1
 
     def on_written(
         updates: Sequence[store_base.LabelUpdate], statuses: list[store_base.LabelWriteStatus]
@@ -911,7 +930,7 @@ async def label_batch(
         pages = _read_pages(
             store, query, grader, limit=limit, retry_failed=retry_failed, page_size=read_page_size
         )
-        feed = _EpisodeFeed(pages, thread, on_page)
+        feed = _EpisodeFeed(pages, thread, on_page, on_invalid)
         writer = _LabelWriter(store, thread, write_batch_size, on_written)
 
         async def handle(graded: _Graded) -> None:
@@ -951,15 +970,7 @@ async def label_batch(
                     at=datetime.now(UTC),
                 )
             if label is not None and auto_label:
-                if len(graded.episode.labels) >= ep.MAX_LABELS:
-                    report.invalid += 1
-                    logger.warning(
-                        "episode %s already has %d labels; not adding more", graded.episode.id, ep.MAX_LABELS
-                    )
-                else:
-                    await writer.submit(
-                        store_base.LabelUpdate(graded.episode.id, label, graded.episode.revision)
-                    )
+                await writer.submit(store_base.LabelUpdate(graded.episode.id, label, graded.episode.revision))
             report_progress()
 
         try:

@@ -31,6 +31,7 @@ import math
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ URL_PREFIX = "sqlite://"
 MEMORY = ":memory:"
 DEFAULT_PAGE_SIZE = 100
 DEFAULT_BUSY_TIMEOUT_S = 10.0
+SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 # Ids per "SELECT ... WHERE id IN (...)" when looking for duplicates (SQLite allows 32766 variables).
 _ID_CHUNK = 500
 # Rows per DELETE when purging, each in its own transaction so the collector is not held up.
@@ -160,6 +162,23 @@ def _where(q: base.EpisodeQuery) -> tuple[list[str], list[Any]]:
     return clauses, params
 
 
+def _page_sql(where: str, newest_first: bool, after: bool) -> str:
+    """A page of ``(seq, ts, doc)`` in keyset order, after the key ``(ts, seq)`` when ``after``.
+
+    Parameters: ``where``'s, then ``ts, seq, n`` and ``where``'s again, ``ts, n, n`` when ``after``,
+    else ``n``. The key is split into "same timestamp, later seq" and "later timestamp" so both
+    parts are index seeks, however many episodes share one timestamp.
+    """
+    order = "DESC" if newest_first else "ASC"
+    beyond = "<" if newest_first else ">"
+    select = "SELECT seq, ts, doc FROM episodes WHERE"
+    if not after:
+        return f"{select} {where} ORDER BY ts {order}, seq {order} LIMIT ?"
+    same_ts = f"{select} {where} AND ts = ? AND seq {beyond} ? ORDER BY seq {order} LIMIT ?"
+    later_ts = f"{select} {where} AND ts {beyond} ? ORDER BY ts {order}, seq {order} LIMIT ?"
+    return f"SELECT * FROM ({same_ts}) UNION ALL SELECT * FROM ({later_ts}) LIMIT ?"
+
+
 def _check_limit(limit: int | None, what: str) -> None:
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"{what} must be a positive integer, got {limit!r}")
@@ -203,11 +222,19 @@ class SQLiteStore:
         *,
         redactor: redaction_mod.Redactor | None = None,
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        synchronous: str = "NORMAL",
         url: str | None = None,
     ) -> None:
+        """``synchronous``: ``NORMAL`` (default; a commit survives the process being killed) or
+        ``FULL`` (fsync at every commit; also survives power loss, at the disk's sync rate)."""
+        if synchronous.upper() not in SYNCHRONOUS_MODES:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}"
+            )
         self.path: Path | None = None if str(path) == MEMORY else Path(path).expanduser()
         self.url = url or f"{URL_PREFIX}/{MEMORY if self.path is None else self.path}"
         self.busy_timeout_s = busy_timeout_s
+        self.synchronous = synchronous.upper()
         self._redactor = redactor if redactor is not None else redaction_mod.Redactor.default()
         self._lock = threading.RLock()
         self._closed = False
@@ -220,21 +247,28 @@ class SQLiteStore:
         *,
         redactor: redaction_mod.Redactor | None = None,
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        synchronous: str = "NORMAL",
     ) -> SQLiteStore:
         """Open ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``.
 
-        The path is what follows ``sqlite:///`` (so an absolute path gives four slashes); ``~`` is
-        expanded and missing parent directories are created.
+        The path is what follows ``sqlite:///`` (so an absolute path gives four slashes), percent-
+        decoded (``%20``); ``~`` is expanded and missing parent directories are created.
         """
         if not url.startswith(URL_PREFIX + "/"):
             raise base.StoreError(
                 f"unsupported SQLite URL {url!r}: use sqlite:///relative/path.db, "
                 "sqlite:////absolute/path.db or sqlite:///:memory:"
             )
-        path = url[len(URL_PREFIX) + 1 :]
+        raw_path, _, options = url[len(URL_PREFIX) + 1 :].partition("?")
+        if options:
+            raise base.StoreError(
+                f"SQLite URL {url!r} has options ({options!r}); none are supported: remove them "
+                "(write a '?' in a file name as %3F)"
+            )
+        path = urllib.parse.unquote(raw_path)
         if not path:
             raise base.StoreError(f"SQLite URL {url!r} names no file: use sqlite:////absolute/path.db")
-        return cls(path, redactor=redactor, busy_timeout_s=busy_timeout_s, url=url)
+        return cls(path, redactor=redactor, busy_timeout_s=busy_timeout_s, synchronous=synchronous, url=url)
 
     # --- connection and errors ---------------------------------------------------------------
 
@@ -273,13 +307,13 @@ class SQLiteStore:
                         f"SQLite store {self.path}: cannot switch to WAL mode (got {mode!r}); "
                         "the file must be on a local filesystem"
                     )
-            # In WAL mode, NORMAL syncs the WAL only at checkpoints, not at every commit. A commit is
-            # written to the WAL file (the OS page cache) before it returns, so it survives the
-            # process being killed (kill -9, OOM): the kernel still writes it out and the next open
-            # replays the WAL. What NORMAL gives up is power loss or a kernel crash: the last
-            # transactions before the latest sync may roll back (the database stays consistent).
-            # FULL would fsync every commit and cap a per-episode writer at the disk's sync rate.
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # NORMAL (the default) in WAL mode syncs the WAL at checkpoints, not at every commit. A
+            # commit is in the WAL file (the OS page cache) before it returns, so it survives the
+            # process being killed (kill -9, OOM): the kernel still writes the pages out and the next
+            # open replays the WAL. What NORMAL gives up is power loss or a kernel crash: commits
+            # since the last checkpoint may roll back (the file stays consistent). FULL fsyncs every
+            # commit, which caps a writer at the disk's sync rate unless it batches.
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
             conn.execute("PRAGMA cache_size=-32768")
             conn.execute("PRAGMA temp_store=MEMORY")
@@ -301,7 +335,7 @@ class SQLiteStore:
         where = self._where_am_i()
         if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc):
             return base.StoreUnavailableError(
-                f"{where}: database is locked: another process held the write lock for more than "
+                f"{where}: database is locked: another connection held the write lock for more than "
                 f"{self.busy_timeout_s:g}s while {action}; retry later (only one process, the "
                 "collector, should write to a store)"
             )
@@ -436,7 +470,7 @@ class SQLiteStore:
 
         With ``expected_revision`` a concurrent change makes it raise ``ConflictError`` and write
         nothing. An episode keeps at most ``episode.MAX_LABELS`` labels: beyond that the oldest
-        automatic label is dropped (manual ones are kept while there is an automatic one to drop).
+        earlier automatic label is dropped (the oldest label if all earlier ones are manual).
         """
         counts: dict[str, int] = {}
         clean_label = self._redactor.redact_label(label, counts)
@@ -464,7 +498,7 @@ class SQLiteStore:
         episode = ep.Episode.model_validate_json(doc)
         labels = [*episode.labels, label]
         while len(labels) > ep.MAX_LABELS:
-            drop = next((i for i, old in enumerate(labels) if not old.manual), 0)
+            drop = next((i for i, old in enumerate(labels[:-1]) if not old.manual), 0)
             del labels[drop]
         # A reward the client sent without labels stands until a label gives a score.
         reward = base.effective_reward(labels)
@@ -544,14 +578,17 @@ class SQLiteStore:
         _check_limit(q.limit, "limit")
         limit = q.limit or DEFAULT_PAGE_SIZE
         clauses, params = _where(q)
+        where = " AND ".join(clauses) or "1"
+        n = limit + 1
         if q.cursor:
             key = _decode_cursor(q.cursor)
-            clauses.append("ts <= ? AND (ts < ? OR seq < ?)")
-            params += [key.ts, key.ts, key.seq]
-        where = " AND ".join(clauses) or "1"
-        sql = f"SELECT seq, ts, doc FROM episodes WHERE {where} ORDER BY ts DESC, seq DESC LIMIT ?"
+            sql = _page_sql(where, newest_first=True, after=True)
+            args = [*params, key.ts, key.seq, n, *params, key.ts, n, n]
+        else:
+            sql = _page_sql(where, newest_first=True, after=False)
+            args = [*params, n]
         with self._reading("querying episodes") as conn:
-            rows = conn.execute(sql, [*params, limit + 1]).fetchall()
+            rows = conn.execute(sql, args).fetchall()
         page = rows[:limit]
         items = [ep.Episode.model_validate_json(doc) for _, _, doc in page]
         next_cursor = _encode_cursor(_Keyset(page[-1][1], page[-1][0])) if len(rows) > limit else None
@@ -567,14 +604,19 @@ class SQLiteStore:
                 "query(), newest first); narrow the range with since/until instead"
             )
         clauses, params = _where(q)
-        where = " AND ".join([*clauses, "ts >= ? AND (ts > ? OR seq > ?)"])
-        sql = f"SELECT seq, ts, doc FROM episodes WHERE {where} ORDER BY ts, seq LIMIT ?"
-        last = _Keyset(-(2**63), -1)
+        where = " AND ".join(clauses) or "1"
+        first_sql = _page_sql(where, newest_first=False, after=False)
+        next_sql = _page_sql(where, newest_first=False, after=True)
+        last: _Keyset | None = None
         remaining = q.limit
         while remaining is None or remaining > 0:
             size = batch_size if remaining is None else min(batch_size, remaining)
+            if last is None:
+                sql, args = first_sql, [*params, size]
+            else:
+                sql, args = next_sql, [*params, last.ts, last.seq, size, *params, last.ts, size, size]
             with self._reading("iterating episodes") as conn:
-                rows = conn.execute(sql, [*params, last.ts, last.ts, last.seq, size]).fetchall()
+                rows = conn.execute(sql, args).fetchall()
             if not rows:
                 return
             last = _Keyset(rows[-1][1], rows[-1][0])

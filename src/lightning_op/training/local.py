@@ -541,6 +541,7 @@ class _Trainer:
         self.decoder: Any = base.get_decoder() if self.split_head else None
         self.lm_head: Any = base.get_output_embeddings() if self.split_head else None
         params = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable_params = params
         self.trainable = sum(p.numel() for p in params)
         self.optimizer = torch.optim.AdamW(
             params,
@@ -639,6 +640,8 @@ class _Trainer:
 
         Returns the step's loss per target token, its real tokens and its target tokens.
         """
+        import torch
+
         step_targets = sum(self.target_counts[i] for r in rows for i in r.examples)
         while True:
             try:
@@ -648,7 +651,18 @@ class _Trainer:
                 if not is_out_of_memory(exc):
                     raise
                 self._recover_from_oom(exc)
-        return float(total.item()), tokens, step_targets
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable_params, self.hp.max_grad_norm)
+        # The step's only host sync: the loss and the gradient norm, checked before the update.
+        loss, grad_norm = torch.stack([total.float(), norm.float()]).tolist()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
+            raise TrainingFailed(
+                Reason.DIVERGED,
+                f"{what} at step {self.pos.global_step + 1}; lower hyperparameters.learningRate "
+                "or check the dataset",
+            )
+        return float(loss), tokens, step_targets
 
     def _recover_from_oom(self, exc: BaseException) -> None:
         import gc
@@ -842,7 +856,6 @@ class _Trainer:
         }
 
     def train(self) -> TrainResult:
-        import torch
 
         self.writer.emit("started", **self.started_fields())
         self.model.train()
@@ -851,21 +864,17 @@ class _Trainer:
         tokens_here = 0
         steps_here = 0
         last_checkpoint: Path | None = self.resumed_from
+        if self.stop.is_set():  # SIGTERM while loading: nothing new to save
+            raise TrainingFailed(
+                Reason.TERMINATED,
+                f"terminated before training at step {pos.global_step}; resume with resumeFrom: auto",
+                checkpoint=self.resumed_from,
+            )
         while pos.global_step < self.total_steps:
             steps = self._epoch_steps()
             while pos.step_in_epoch < len(steps) and pos.global_step < self.total_steps:
                 started = time.perf_counter()
                 loss, tokens, targets = self.run_step(steps[pos.step_in_epoch])
-                if not math.isfinite(loss):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    raise TrainingFailed(
-                        Reason.DIVERGED,
-                        f"loss became {loss} at step {pos.global_step + 1}; lower "
-                        "hyperparameters.learningRate or check the dataset",
-                    )
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in self.optimizer.param_groups for p in g["params"]], self.hp.max_grad_norm
-                )
                 self.optimizer.step()
                 lr = float(self.scheduler.get_last_lr()[0])
                 self.scheduler.step()

@@ -1,0 +1,400 @@
+"""What every controller shares: operator settings, the per-process runtime in kopf's ``memo``, status
+writes that happen only when something changed, phase Events, and the error policy.
+
+- ``configure`` (a ``kopf.on.startup`` handler) applies the operator settings (standalone, no peering,
+  the group's finalizer and annotation prefix, explicit Events only) and puts a ``Runtime`` in the memo:
+  a ``k8s.Cluster`` on the standard kubeconfig (in-cluster, else ``KUBECONFIG``), the episode store and
+  the ``metrics.Metrics``. ``lightning-op operator`` passes its options in the memo
+  (``memo.config``, ``memo.metrics``); under ``kopf run -m lightning_op.controllers`` they come from
+  the environment (``OperatorConfig.from_env``: ``LIGHTNING_STORE``, ``LIGHTNING_COLLECTOR_URL``, ...).
+- ``set_phase`` / ``update_status`` write through kopf's ``patch.status`` only what differs from the
+  object's status (an unchanged object costs no write), and ``set_phase`` posts a Kubernetes Event on
+  every phase change. ``permanent_spec_error`` turns a ``SpecError`` into phase Failed with a condition
+  naming the field, and a ``kopf.PermanentError`` (no retries).
+- ``instrumented(kind)`` wraps every handler: metrics (reconciles, latency, objects per phase) and the
+  error policy: ``k8s.Unavailable`` and an unavailable store are ``kopf.TemporaryError`` with a delay,
+  ``k8s.Invalid`` (the API server refused what we sent) is permanent.
+- ``run_sync`` runs the synchronous kubernetes client and store off kopf's event loop.
+
+Talks to ``k8s``, ``store``, ``api`` and ``metrics``; the per-kind modules talk to this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, cast
+
+import kopf
+
+from lightning_op import k8s
+from lightning_op import metrics as metrics_mod
+from lightning_op import store as store_mod
+from lightning_op.api import constants
+from lightning_op.api.common import SpecError
+from lightning_op.api.conditions import (
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    Reason,
+    conditions_to_json,
+    get_condition,
+    set_condition,
+)
+from lightning_op.manifests import workload_env
+from lightning_op.store import base as store_base
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+# Environment of the operator process (``lightning-op operator`` options override them).
+ENV_COLLECTOR_URL = "LIGHTNING_COLLECTOR_URL"
+ENV_MODELS_DIR = "LIGHTNING_MODELS_DIR"
+ENV_RETRY_DELAY = "LIGHTNING_RETRY_DELAY_SECONDS"
+ENV_CAPTURE_SYNC = "LIGHTNING_CAPTURE_SYNC_SECONDS"
+ENV_PROMOTION_POLL = "LIGHTNING_PROMOTION_POLL_SECONDS"
+
+DEFAULT_COLLECTOR_URL = "http://lightning-op-collector.lightning-op.svc:8080"
+#: the phase every kind calls its terminal failure
+FAILED = "Failed"
+#: phases in which an object reached its goal (the ``Ready`` condition is True)
+READY_PHASES = frozenset({"Active", "Disabled", "Completed", "Succeeded", "Promoted"})
+#: phases announced as Warning Events
+WARNING_PHASES = frozenset({"Failed", "RolledBack"})
+#: attempts at a read-modify-JSON-patch when the API server refuses the patch's ``test`` (a concurrent edit)
+ENV_PATCH_ATTEMPTS = 3
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment (timer intervals are fixed at import time)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("ignoring %s=%r: not a number of seconds; using %s", name, raw, default)
+        return default
+    return value if value > 0 else default
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """The operator's options, from ``lightning-op operator`` or the environment."""
+
+    store_url: str | None = None
+    collector_url: str = DEFAULT_COLLECTOR_URL
+    models_dir: str | None = None
+    #: delay before retrying after the API server or the store was unavailable, or a target was missing
+    retry_delay: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        return cls(
+            store_url=os.environ.get(constants.ENV_STORE) or None,
+            collector_url=os.environ.get(ENV_COLLECTOR_URL) or DEFAULT_COLLECTOR_URL,
+            models_dir=os.environ.get(ENV_MODELS_DIR) or None,
+            retry_delay=env_seconds(ENV_RETRY_DELAY, 30.0),
+        )
+
+
+@dataclass
+class Runtime:
+    """What handlers need, kept in kopf's memo (``runtime(memo)``), never in module globals."""
+
+    config: OperatorConfig
+    cluster: k8s.Cluster
+    store: store_base.EpisodeStore
+    metrics: metrics_mod.Metrics
+
+
+def runtime(memo: kopf.Memo) -> Runtime:
+    """The ``Runtime`` that ``configure`` put in the memo."""
+    found = memo.get("runtime")
+    if not isinstance(found, Runtime):
+        raise kopf.TemporaryError("the operator is not configured yet (startup did not finish)", delay=5)
+    return found
+
+
+async def run_sync(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a blocking call (kubernetes client, store) in a worker thread, off kopf's event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------- startup
+
+
+def apply_settings(settings: kopf.OperatorSettings) -> None:
+    """One replica, no peering; our finalizer and annotation prefix; Events only when we post them."""
+    settings.peering.standalone = True
+    settings.peering.mandatory = False
+    settings.persistence.finalizer = constants.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=constants.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=constants.GROUP, key="last-handled-configuration"
+    )
+    settings.posting.enabled = True
+    settings.posting.loggers = False  # handler logs stay in the operator's log, not in Events
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = constants.FIELD_MANAGER
+    settings.posting.reporting_instance = socket.gethostname()
+    settings.posting.event_name_prefix = f"{constants.FIELD_MANAGER}-"
+    # Watches end server-side before the client gives up, so a dead connection is noticed quickly.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.watching.reconnect_backoff = 1.0
+    settings.networking.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    # Events of one object that arrive together are handled once, on the latest body.
+    settings.queueing.idle_timeout = 5.0
+
+
+def open_runtime(config: OperatorConfig, metrics: metrics_mod.Metrics) -> Runtime:
+    """Connect to the cluster (in-cluster config, else the standard kubeconfig) and open the store."""
+    cluster = k8s.Cluster(k8s.load_api_client())
+    store = store_mod.open_store(config.store_url)
+    return Runtime(config=config, cluster=cluster, store=store, metrics=metrics)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    apply_settings(settings)
+    config = memo.get("config")
+    if not isinstance(config, OperatorConfig):
+        config = OperatorConfig.from_env()
+    metrics = memo.get("metrics")
+    if not isinstance(metrics, metrics_mod.Metrics):
+        metrics = metrics_mod.Metrics()
+    memo.runtime = await run_sync(open_runtime, config, metrics)
+    logger.info("lightning-op operator: store %s, collector %s", memo.runtime.store.url, config.collector_url)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    found = memo.get("runtime")
+    if isinstance(found, Runtime):
+        await run_sync(found.store.close)
+
+
+# ----------------------------------------------------------------------------------------- status
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns ``old`` into ``new`` (what kopf sends for ``patch.status``)."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return copy.deepcopy(new)
+    out: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key in old:
+            if old[key] != value:
+                out[key] = merge_patch(old[key], value)
+        elif value is not None:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _apply_merge(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _apply_merge(result.get(key), value)
+    return result
+
+
+def current_status(body: Mapping[str, Any], patch: kopf.Patch) -> dict[str, Any]:
+    """The object's status as it will be once kopf applies ``patch`` (status writes already queued)."""
+    status = body.get("status") or {}
+    pending = patch.get("status") or {}
+    merged: dict[str, Any] = _apply_merge(status, pending)
+    return merged
+
+
+def update_status(body: Mapping[str, Any], patch: kopf.Patch, fields: Mapping[str, Any]) -> bool:
+    """Queue in ``patch.status`` the fields whose value differs (None removes a field). True if any did."""
+    current = current_status(body, patch)
+    changed = False
+    for key, value in fields.items():
+        old = current.get(key)
+        if old == value or (value is None and key not in current):
+            continue
+        patch.status[key] = None if value is None else merge_patch(old, value) if key in current else value
+        changed = True
+    return changed
+
+
+def _generation(body: Mapping[str, Any]) -> int | None:
+    generation = (body.get("metadata") or {}).get("generation")
+    return int(generation) if isinstance(generation, int) else None
+
+
+def phase_conditions(phase: str, reason: str, message: str, generation: int | None) -> list[Condition]:
+    """``Ready`` (True in a goal phase) and, in phase Failed, ``Failed`` True with the reason."""
+    ready = ConditionStatus.TRUE if phase in READY_PHASES else ConditionStatus.FALSE
+    found = [
+        Condition(type=ConditionType.READY, status=ready, reason=reason, message=message,
+                  observed_generation=generation)
+    ]
+    if phase == FAILED:
+        found.append(
+            Condition(type=ConditionType.FAILED, status=ConditionStatus.TRUE, reason=reason, message=message,
+                      observed_generation=generation)
+        )
+    return found
+
+
+def set_phase(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    phase: str,
+    reason: str,
+    message: str,
+    *,
+    conditions: Iterable[Condition] = (),
+    fields: Mapping[str, Any] | None = None,
+) -> bool:
+    """Write ``phase``, ``observedGeneration``, the ``Ready``/``Failed`` conditions plus ``conditions``
+    and ``fields`` into ``patch.status`` where they differ from the object's status; post an Event
+    (Warning for Failed and RolledBack) when the phase changes. Returns whether anything changed.
+
+    ``lastTransitionTime`` moves only when a condition's status flips (``set_condition``), so calling
+    this again with the same arguments changes nothing and writes nothing."""
+    current = current_status(body, patch)
+    generation = _generation(body)
+    merged: list[Any] = list(current.get("conditions") or [])
+    wanted = phase_conditions(phase, reason, message, generation)
+    failed = get_condition(merged, ConditionType.FAILED)
+    if phase != FAILED and failed is not None and failed.status == ConditionStatus.TRUE:
+        wanted.append(failed.model_copy(update={"status": ConditionStatus.FALSE, "reason": reason,
+                                                "message": message, "observed_generation": generation}))
+    for condition in [*wanted, *conditions]:
+        merged = list(set_condition(merged, condition))
+    desired: dict[str, Any] = {
+        "phase": str(phase),
+        "observedGeneration": generation,
+        "conditions": conditions_to_json(merged),
+        **(fields or {}),
+    }
+    old_phase = current.get("phase")
+    changed = update_status(body, patch, desired)
+    if old_phase != str(phase):
+        post = kopf.warn if str(phase) in WARNING_PHASES else kopf.info
+        post(body, reason=str(reason), message=f"{old_phase or 'New'} -> {phase}: {message}"[:1024])
+    return changed
+
+
+def permanent_spec_error(body: kopf.Body, patch: kopf.Patch, exc: SpecError) -> kopf.PermanentError:
+    """Phase Failed with reason InvalidSpec and a message naming the field; raise what this returns."""
+    set_phase(body, patch, FAILED, Reason.INVALID_SPEC, f"invalid spec: {exc}")
+    return kopf.PermanentError(f"invalid spec: {exc}")
+
+
+def failed_for_generation(body: Mapping[str, Any]) -> bool:
+    """Whether the object already failed for its current spec (timers skip it: no retry storm)."""
+    status = body.get("status") or {}
+    return bool(status.get("phase") == FAILED and status.get("observedGeneration") == _generation(body))
+
+
+# ----------------------------------------------------------------------------------------- handlers
+
+
+def instrumented(kind: str) -> Callable[[F], F]:
+    """Decorate a kopf handler of ``kind``: count and time it, track the object's phase, map errors.
+
+    ``k8s.Unavailable`` and ``StoreUnavailableError`` become ``kopf.TemporaryError`` after
+    ``config.retry_delay`` seconds; ``k8s.Invalid`` sets phase Failed (reason ``ApiRejected``) and
+    becomes ``kopf.PermanentError``. Handlers raise ``kopf`` errors themselves for everything else."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        async def handler(**kwargs: Any) -> Any:
+            rt = runtime(kwargs["memo"])
+            body: kopf.Body = kwargs["body"]
+            patch: kopf.Patch = kwargs["patch"]
+            started = time.monotonic()
+            outcome = "ok"
+            try:
+                return await fn(**kwargs)
+            except (k8s.Unavailable, store_base.StoreUnavailableError) as exc:
+                outcome = "retry"
+                raise kopf.TemporaryError(str(exc), delay=rt.config.retry_delay) from exc
+            except k8s.Invalid as exc:
+                outcome = "failed"
+                set_phase(body, patch, FAILED, "ApiRejected", str(exc))
+                raise kopf.PermanentError(str(exc)) from exc
+            except kopf.TemporaryError:
+                outcome = "retry"
+                raise
+            except kopf.PermanentError:
+                outcome = "failed"
+                raise
+            except Exception:
+                outcome = "error"
+                raise
+            finally:
+                rt.metrics.observe_reconcile(kind, fn.__name__, outcome, time.monotonic() - started)
+                meta = body.get("metadata") or {}
+                deleted = str(kwargs.get("reason") or "") == "delete"
+                phase = None if deleted else current_status(body, patch).get("phase")
+                rt.metrics.observe_phase(kind, str(meta.get("namespace")), str(meta.get("name")), phase)
+
+        return cast(F, handler)
+
+    return decorate
+
+
+# ----------------------------------------------------------------------------------------- workloads
+
+
+class TargetMissing(Exception):
+    """The target Deployment (or its container) does not exist; the message says which, ``reason`` is
+    ``TargetNotFound`` or ``ContainerNotFound``."""
+
+    def __init__(self, message: str, reason: Reason = Reason.TARGET_NOT_FOUND) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def patch_workload_env(
+    cluster: k8s.Cluster,
+    namespace: str,
+    name: str,
+    build_ops: Callable[[Mapping[str, Any]], list[dict[str, Any]]],
+) -> tuple[dict[str, Any], bool]:
+    """Read the Deployment, build JSON-patch ops from it, send them; re-read and retry when a ``test``
+    op fails (someone edited the env in between). Returns (deployment after, whether it was patched).
+
+    Raises ``TargetMissing`` for a missing Deployment or container (``build_ops`` raising
+    ``workload_env.ContainerNotFoundError``)."""
+    for attempt in range(1, ENV_PATCH_ATTEMPTS + 1):
+        deployment = cluster.get_deployment(namespace, name)
+        if deployment is None:
+            raise TargetMissing(f"Deployment {namespace}/{name} not found")
+        try:
+            ops = build_ops(deployment)
+        except workload_env.ContainerNotFoundError as exc:
+            raise TargetMissing(f"Deployment {namespace}/{name}: {exc}", Reason.CONTAINER_NOT_FOUND) from exc
+        if not ops:
+            return deployment, False
+        try:
+            return cluster.json_patch_deployment(namespace, name, ops), True
+        except k8s.Invalid:
+            if attempt == ENV_PATCH_ATTEMPTS:
+                raise
+            log.info("Deployment %s/%s changed while we patched its env; retrying", namespace, name)
+        except k8s.NotFound as exc:
+            raise TargetMissing(f"Deployment {namespace}/{name} not found") from exc
+    raise AssertionError("unreachable")

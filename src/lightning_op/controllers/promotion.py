@@ -1,0 +1,3 @@
+"""promotion controller (being written)."""
+
+from __future__ import annotations

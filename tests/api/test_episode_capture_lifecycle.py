@@ -1,0 +1,135 @@
+"""EpisodeCapture from creation to deletion, as a user sees it (the real operator against the emulator).
+
+Covers: creation patches exactly the four capture variables onto the named container (the
+container's other env, a ``valueFrom`` entry included, and the sidecar are untouched) and reaches
+phase Active with Ready and CaptureEnabled conditions and a ``New -> Active`` Event;
+``episodesCaptured`` and ``lastEpisodeTime`` follow the store on the timer; ``enabled: false``
+removes exactly those variables (phase Disabled, Event), re-enabling sets them again; deleting the
+object removes them and the finalizer lets the object go; a missing Deployment is phase Pending with
+a TargetNotFound condition and recovers once the Deployment appears, with retries spaced by the
+retry delay (no storm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from lightning_op.api import constants
+from lightning_op.api import episode as ep
+
+CAPTURE = {
+    "apiVersion": constants.API_VERSION,
+    "kind": "EpisodeCapture",
+    "metadata": {"name": "support-bot"},
+    "spec": {"targetRef": {"kind": "Deployment", "name": "agent", "container": "agent"}, "samplingRate": 0.25},
+}
+CAPTURE_VARS = {
+    "ENABLE_EPISODE_CAPTURE": "true",
+    "EPISODE_COLLECTOR_URL": "http://collector.lightning-op.svc:8080",
+    "EPISODE_AGENT_ID": "support-bot",
+    "EPISODE_SAMPLING_RATE": "0.25",
+}
+
+
+def episodes(n: int, start: int = 0, agent: str = "support-bot") -> list[ep.Episode]:
+    base = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    return [
+        ep.Episode(id=f"e-{agent}-{i}", agent_id=agent, timestamp=base + timedelta(minutes=i),
+                   state=ep.State(query=f"question {i}"), result="ok")
+        for i in range(start, start + n)
+    ]
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in obj["status"].get("conditions", [])}
+
+
+async def test_capture_from_creation_to_deletion(api, operator, objects, store):
+    deployment = await api.create(objects.agent_deployment())
+    original_agent_env = objects.container_env(deployment, "agent")
+    original_proxy_env = objects.container_env(deployment, "proxy")
+    store.insert_many(episodes(3))
+
+    await api.create(CAPTURE)
+    obj = await api.wait_for_phase("EpisodeCapture", "support-bot", "Active")
+    deployment = await api.get("Deployment", "agent")
+    assert objects.container_env(deployment, "agent") == original_agent_env + [
+        {"name": name, "value": value} for name, value in CAPTURE_VARS.items()
+    ]
+    assert objects.container_env(deployment, "proxy") == original_proxy_env
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    assert obj["status"]["container"] == "agent"
+    assert conditions(obj)["Ready"]["status"] == "True"
+    assert conditions(obj)["CaptureEnabled"]["reason"] == "CaptureEnabled"
+    assert constants.FINALIZER in obj["metadata"]["finalizers"]
+
+    async def figures() -> dict[str, Any] | None:
+        status = ((await api.get("EpisodeCapture", "support-bot")) or {}).get("status", {})
+        return status if status.get("episodesCaptured") == 3 else None
+
+    status = await api.wait_for(figures, what="episodesCaptured == 3")
+    assert status["lastEpisodeTime"] == "2026-03-01T12:02:00Z"
+    store.insert_many(episodes(2, start=3) + episodes(4, agent="other-bot"))
+    await api.wait_for(lambda: _captured(api, 5), what="episodesCaptured == 5")
+
+    await api.patch("EpisodeCapture", "support-bot", {"spec": {"enabled": False}})
+    obj = await api.wait_for_phase("EpisodeCapture", "support-bot", "Disabled")
+    assert objects.container_env(await api.get("Deployment", "agent"), "agent") == original_agent_env
+    assert conditions(obj)["CaptureEnabled"]["status"] == "False"
+
+    await api.patch("EpisodeCapture", "support-bot", {"spec": {"enabled": True}})
+    await api.wait_for_phase("EpisodeCapture", "support-bot", "Active")
+    assert objects.env_dict(await api.get("Deployment", "agent"))["ENABLE_EPISODE_CAPTURE"] == "true"
+
+    await api.delete("EpisodeCapture", "support-bot")
+
+    async def gone() -> bool:
+        return await api.get("EpisodeCapture", "support-bot") is None
+
+    await api.wait_for(gone, what="the EpisodeCapture to be deleted")
+    deployment = await api.get("Deployment", "agent")
+    assert objects.container_env(deployment, "agent") == original_agent_env
+    assert objects.container_env(deployment, "proxy") == original_proxy_env
+
+    events = [(e["type"], e["reason"], e["message"]) for e in await api.events("support-bot")]
+    assert [m.split(":")[0] for _, _, m in events] == [
+        "New -> Active", "Active -> Disabled", "Disabled -> Active",
+    ], events
+    assert all(t == "Normal" for t, _, _ in events)
+
+
+async def _captured(api: Any, n: int) -> bool:
+    obj = await api.get("EpisodeCapture", "support-bot")
+    return bool(obj and obj.get("status", {}).get("episodesCaptured") == n)
+
+
+async def test_missing_deployment_is_pending_then_recovers_without_a_retry_storm(api, operator, objects):
+    await api.create(CAPTURE)
+    obj = await api.wait_for_phase("EpisodeCapture", "support-bot", "Pending")
+    assert conditions(obj)["CaptureEnabled"]["reason"] == "TargetNotFound"
+    assert "Deployment test/agent not found" in conditions(obj)["CaptureEnabled"]["message"]
+    mark = api.mark()
+    gets_before = _deployment_gets(api)
+    await asyncio.sleep(2.5)
+    # The retry delay is 1 s in tests (30 s by default): a couple of retries, not hundreds. Each retry
+    # costs one GET of the Deployment and two kopf bookkeeping patches (its retry counter and the
+    # self-wake annotation); the Pending status is not rewritten (the timer writes its figures once).
+    assert _deployment_gets(api) - gets_before <= 4
+    writes = api.writes_since(mark, "episodecaptures")
+    assert len([w for w in writes if w.kopf_bookkeeping]) <= 8, [str(w) for w in writes]
+    assert [w.data for w in writes if not w.kopf_bookkeeping] in ([], [{"status": {"episodesCaptured": 0}}])
+
+    await api.create(objects.agent_deployment())
+    await api.wait_for_phase("EpisodeCapture", "support-bot", "Active", timeout=10)
+    assert objects.env_dict(await api.get("Deployment", "agent"))["EPISODE_AGENT_ID"] == "support-bot"
+    events = [e["message"].split(":")[0] for e in await api.events("support-bot")]
+    assert events == ["New -> Pending", "Pending -> Active"]
+
+
+def _deployment_gets(api: Any) -> int:
+    return sum(
+        1 for r in api.emulator
+        if r.method == "GET" and r.resource is not None and r.resource.plural == "deployments" and r.name
+    )
