@@ -25,6 +25,7 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,17 @@ def _rows(n: int, seed: int) -> list[dict[str, Any]]:
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """In-process runs use one thread too (see ``_env``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +118,9 @@ def _write_config(workdir: Path, name: str, data: dict[str, Any]) -> Path:
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTNING_TRAINER_INJECT")}
+    # One thread: this model is too small to gain from two, and on a shared 2-core machine two
+    # OpenMP threads per process thrash (5x slower under load).
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.update(extra)
     return env
 

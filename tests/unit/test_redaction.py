@@ -258,6 +258,28 @@ def test_secret_named_json_keys_have_their_values_replaced() -> None:
     }
 
 
+def test_redact_json_handles_nested_values_and_keys() -> None:
+    counts: dict[str, int] = {}
+    value = {"users": [{"mail": EMAIL, "auth": {"client_secret": "s3cr3t-Value-42"}}], "n": 1}
+    assert REDACTOR.redact_json(value, counts) == {
+        "users": [{"mail": "[REDACTED:email]", "auth": {"client_secret": "[REDACTED:api_key]"}}],
+        "n": 1,
+    }
+    assert counts == {"email": 1, "api_key": 1}
+    clean = {"users": [{"mail": "none"}]}
+    assert REDACTOR.redact_json(clean) is clean
+
+
+def test_a_card_number_sent_as_a_json_number_is_replaced() -> None:
+    episode = _episode(
+        action=ep.Action(tool="pay", arguments={"card": 4242424242424242, "amount": 1234567890123, "n": 3})
+    )
+    clean = REDACTOR.redact_episode(episode)
+    assert clean.action is not None
+    assert clean.action.arguments == {"card": "[REDACTED:credit_card]", "amount": 1234567890123, "n": 3}
+    assert clean.redactions == {"credit_card": 1}
+
+
 def test_text_that_grows_past_its_limit_is_cut_at_the_limit() -> None:
     query = ("a@b.io " * (ep.MAX_TEXT_CHARS // 7))[: ep.MAX_TEXT_CHARS]
     clean = REDACTOR.redact_episode(_episode(state=ep.State(query=query)))

@@ -118,15 +118,23 @@ async def _observe(
     layout = flow.VolumeLayout.of(body)
     namespace = str(body.meta.namespace)
     if need.kind == flow.NeedKind.GATE and spec.gate.labeling_ref is not None:
-        found = await common.run_sync(rt.cluster.get_custom, LABELING_PLURAL, namespace, spec.gate.labeling_ref.name)
+        found = await common.run_sync(
+            rt.cluster.get_custom, LABELING_PLURAL, namespace, spec.gate.labeling_ref.name
+        )
         return flow.Observed(generation, now, gate=flow.gate_state(spec, found))
     if need.kind == flow.NeedKind.DATASET:
         outcome = await common.run_sync(flow.build_snapshot, rt.store, spec, _models_dir(rt), layout)
         return flow.Observed(generation, now, dataset=outcome)
     if need.kind == flow.NeedKind.ROUND and need.round is not None:
         seen = await common.run_sync(
-            _observe_round, rt.cluster, namespace, _job_name(body, need.round), layout, rt.config.models_dir,
-            need.round, spec.evaluation is not None,
+            _observe_round,
+            rt.cluster,
+            namespace,
+            _job_name(body, need.round),
+            layout,
+            rt.config.models_dir,
+            need.round,
+            spec.evaluation is not None,
         )
         return flow.Observed(generation, now, round=seen)
     return flow.Observed(generation, now)
@@ -158,7 +166,9 @@ def _observe_round(
         output = flow.volume_output(volume, layout, number) or output
     examples = baseline = None
     if volume is not None and evaluated and number > 0 and output is not None and output.final is not None:
-        examples = flow.example_scores(flow.read_json_file(layout.in_operator(volume, layout.result_file(number))))
+        examples = flow.example_scores(
+            flow.read_json_file(layout.in_operator(volume, layout.result_file(number)))
+        )
         baseline = flow.example_scores(flow.read_json_file(layout.in_operator(volume, layout.result_file(0))))
     return flow.RoundObservation(number, job, output, examples, baseline)
 
@@ -180,7 +190,10 @@ async def _act(rt: common.Runtime, body: kopf.Body, spec: finetune.FineTuneJobSp
             raise kopf.PermanentError(f"round {plan.round} trainer config: {exc}") from None
         await common.run_sync(flow.write_trainer_config, _models_dir(rt), layout, plan.round, config)
         job = trainer_job.build_trainer_job(
-            body, spec, plan.round, _trainer_options(),
+            body,
+            spec,
+            plan.round,
+            _trainer_options(),
             config_path=layout.in_trainer(layout.config_file(plan.round)),
         )
         await common.run_sync(rt.cluster.create_or_adopt_job, namespace, job)

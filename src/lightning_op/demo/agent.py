@@ -27,10 +27,13 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = "You are an analytics agent. Call one tool."
-SEGMENTS = ["enterprise", "smb", "startup", "retail", "education", "healthcare", "government", "nonprofit"]
-REGIONS = ["north", "south", "east", "west", "emea", "apac", "latam", "nordics"]
+SEGMENTS = [
+    "enterprise", "smb", "startup", "retail", "education",
+    "healthcare", "government", "nonprofit", "media", "logistics",
+]
+REGIONS = ["north", "south", "east", "west", "emea", "apac", "latam", "nordics", "benelux", "iberia"]
 #: the share of (template, value) combinations held out for measuring accuracy
-HELDOUT_FRACTION = 0.25
+HELDOUT_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -44,34 +47,74 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        "analyze_churn", "Explain why customers of a segment churn (drivers, churn rate).", "segment",
+        "analyze_churn",
+        "Explain why customers of a segment churn (drivers, churn rate).",
+        "segment",
         tuple(SEGMENTS),
-        ("Why are {v} customers churning?", "Explain churn among {v} customers.",
-         "What drives churn for {v} accounts?", "Analyze churn in the {v} segment."),
+        (
+            "Why are {v} customers churning?",
+            "Explain churn among {v} customers.",
+            "What drives churn for {v} accounts?",
+            "Analyze churn in the {v} segment.",
+            "Why do {v} clients cancel?",
+            "Break down {v} churn reasons.",
+        ),
     ),
     Family(
-        "segment_risk", "Score which accounts of a segment are at risk of leaving.", "segment",
+        "segment_risk",
+        "Score which accounts of a segment are at risk of leaving.",
+        "segment",
         tuple(SEGMENTS),
-        ("Which {v} accounts are at risk of churning?", "Score the churn risk of the {v} segment.",
-         "How risky is the {v} segment?", "Flag at-risk {v} customers."),
+        (
+            "Which {v} accounts are at risk of churning?",
+            "Score the churn risk of the {v} segment.",
+            "How risky is the {v} segment?",
+            "Flag at-risk {v} customers.",
+            "Which {v} clients might cancel soon?",
+            "Rank {v} accounts by risk.",
+        ),
     ),
     Family(
-        "sales_report", "Past sales figures of a region.", "region",
+        "sales_report",
+        "Past sales figures of a region.",
+        "region",
         tuple(REGIONS),
-        ("Show the sales report for {v}.", "How did sales go in {v} last month?",
-         "Give me revenue numbers for {v}.", "Summarize sales in {v}."),
+        (
+            "Show the sales report for {v}.",
+            "How did sales go in {v} last month?",
+            "Give me revenue numbers for {v}.",
+            "Summarize sales in {v}.",
+            "What did we sell in {v} last quarter?",
+            "Sales figures for {v} please.",
+        ),
     ),
     Family(
-        "forecast_sales", "Forecast future sales of a region.", "region",
+        "forecast_sales",
+        "Forecast future sales of a region.",
+        "region",
         tuple(REGIONS),
-        ("Forecast sales for {v} next quarter.", "Predict revenue in {v} for next month.",
-         "What will sales be in {v} next year?", "Project next quarter's sales in {v}."),
+        (
+            "Forecast sales for {v} next quarter.",
+            "Predict revenue in {v} for next month.",
+            "What will sales be in {v} next year?",
+            "Project next quarter's sales in {v}.",
+            "How much will we sell in {v} soon?",
+            "Expected sales for {v} next season?",
+        ),
     ),
     Family(
-        "top_products", "The best-selling products of a region.", "region",
+        "top_products",
+        "The best-selling products of a region.",
+        "region",
         tuple(REGIONS),
-        ("What are the best selling products in {v}?", "List the top products in {v}.",
-         "Which products sell most in {v}?", "Top sellers in {v} please."),
+        (
+            "What are the best selling products in {v}?",
+            "List the top products in {v}.",
+            "Which products sell most in {v}?",
+            "Top sellers in {v} please.",
+            "What are our most popular items in {v}?",
+            "Best products by sales in {v}?",
+        ),
     ),
 )
 FAMILY_BY_TOOL = {f.tool: f for f in FAMILIES}
@@ -102,7 +145,7 @@ def all_queries() -> list[Query]:
 
 
 def is_heldout(query: Query) -> bool:
-    """A stable split: a combination is held out when its hash falls in the first quarter."""
+    """A stable split: a combination is held out when its hash falls below ``HELDOUT_FRACTION``."""
     digest = hashlib.sha256(query.text.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < HELDOUT_FRACTION
 
@@ -253,12 +296,14 @@ class AnalyticsAgent:
         *,
         recorder: Any = None,
         temperature: float = 0.0,
+        top_p: float = 1.0,
         max_tokens: int = 96,
     ) -> None:
         self.client = client
         self.model = model
         self.recorder = recorder
         self.temperature = temperature
+        self.top_p = top_p
         self.max_tokens = max_tokens
         self.tools = openai_tools()
 
@@ -272,6 +317,7 @@ class AnalyticsAgent:
             messages=messages,
             tools=self.tools,
             temperature=self.temperature,
+            top_p=self.top_p,
             max_tokens=self.max_tokens,
             seed=seed,
         )

@@ -123,6 +123,11 @@ class VolumeLayout:
         return self.root / "dataset" / "train.jsonl"
 
     @property
+    def snapshot(self) -> PurePosixPath:
+        """The dataset's statistics, written once it is built (``datasets.build.DatasetStats``)."""
+        return self.root / "dataset" / "snapshot.json"
+
+    @property
     def validation(self) -> PurePosixPath:
         path = dataset_build.validation_path_for(Path(str(self.dataset)))
         return PurePosixPath(path.as_posix())
@@ -443,6 +448,10 @@ class Step:
     create_round: RoundPlan | None = None
     suspend_job: int | None = None
     resume_job: int | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _now(observed: Observed) -> datetime:
@@ -1014,8 +1023,21 @@ def volume_output(models_dir: Path, layout: VolumeLayout, round_number: int) -> 
 def build_snapshot(
     store: store_base.EpisodeStore, spec: ft.FineTuneJobSpec, models_dir: Path, layout: VolumeLayout
 ) -> DatasetOutcome:
-    """Build the dataset snapshot onto the model volume (blocking: run it off the event loop)."""
+    """Build the dataset snapshot onto the model volume, once (blocking: run it off the event loop).
+
+    A snapshot already there (``dataset/snapshot.json`` beside the files) is reused: a FineTuneJob
+    trains on one snapshot, and a restarted operator must not rebuild it under a running trainer
+    from episodes that arrived since.
+    """
     assert spec.agent_id is not None
+    record = layout.in_operator(models_dir, layout.snapshot)
+    existing = read_json_file(record)
+    if existing is not None and layout.in_operator(models_dir, layout.dataset).is_file():
+        try:
+            stats = dataset_build.DatasetStats.from_json_dict(existing)
+            return DatasetOutcome(stats=stats, episodes=stats.episodes)
+        except ValueError:
+            log.warning("dataset record %s is unreadable; building the dataset again", record)
     options = dataset_build.BuildOptions(
         agent_id=spec.agent_id,
         min_reward=spec.dataset.min_reward,
@@ -1034,7 +1056,16 @@ def build_snapshot(
     stats.path = str(layout.dataset)
     if stats.validation_path is not None:
         stats.validation_path = str(layout.validation)
+    if stats.episodes >= spec.dataset.min_episodes:
+        _write_json_atomic(record, stats.to_json_dict())
     return DatasetOutcome(stats=stats, episodes=stats.episodes)
+
+
+def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------ status patch

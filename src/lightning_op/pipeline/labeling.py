@@ -6,22 +6,23 @@ these three functions; they return report objects and never print.
 How ``label_batch`` works, and why:
 
 - *Reading*: episodes come from ``store.iter_json`` (stored JSON, no model validation) on a store
-  thread; an episode that already carries a label from the same grader name and version is skipped
-  before it is validated, so a rerun of a finished batch costs one scan and grades nothing (resumable).
-  Pages are prefetched while the previous page is graded.
-- *Grading*: ``concurrency`` workers (default 16) pull episodes and call ``grader.grade``, so at most
-  that many gradings are in flight. An optional token-bucket ``RateLimiter`` caps requests per second
-  and (estimated) tokens per minute for LLM judges. A retryable result (429, 5xx, timeout) is retried
-  after the server's Retry-After when it sent one (which also pauses the limiter for every worker),
-  else with exponential backoff and jitter; each attempt has its own timeout. A grading that still fails, or a
-  grader that raises, becomes a ``Label`` with ``error`` on that episode: the batch goes on.
-- *Writing*: labels are written in batches on one store thread (``run_in_executor``) while grading
+  thread, a page ahead of the workers; an episode this grader version already labeled is skipped
+  before it is validated, so rerunning a finished batch costs one scan and grades nothing
+  (resumable). An episode is validated into an ``Episode`` only when a worker takes it.
+- *Grading*: ``concurrency`` workers (default 16) pull episodes and call ``grader.grade``, so at
+  most that many gradings are in flight. An optional token-bucket ``RateLimiter`` caps requests per
+  second and (estimated) tokens per minute for LLM judges. A retryable result (429, 5xx, timeout) is
+  retried after the server's Retry-After when it sent one (which also pauses the limiter for every
+  worker), else after an exponential backoff with jitter. Each attempt has its own timeout. A
+  grading that still fails, or a grader that raises, becomes a ``Label`` with ``error`` on that
+  episode: the batch goes on. A rerun retries failed episodes (``retry_failed``), a few times at most.
+- *Writing*: labels are written in batches on the store thread (``run_in_executor``) while grading
   goes on, through ``add_labels`` (one transaction per batch) when the store implements
   ``BatchLabelWriter``, else one ``add_label`` per episode. Each write carries the revision the
-  episode was read at; on a conflict the episode is re-read and written again unless someone else
-  labeled it with this grader version meanwhile. An episode is graded at most once per run, and never
-  gets two labels from one grader version in one run. A manual label keeps winning: the store's
-  ``effective_reward`` prefers it over any automatic label.
+  episode was read at; on a conflict the episode is re-read and written again unless this grader
+  version labeled it meanwhile. An episode is graded at most once per run and never gets two labels
+  from one grader version in one run. A manual label keeps winning: the store's ``effective_reward``
+  prefers it over any automatic label.
 
 Talks to ``store.base`` (the EpisodeStore protocol) and ``graders`` (the Grader protocol, dry-run
 metrics and verdict).

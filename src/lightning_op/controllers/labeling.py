@@ -1,0 +1,225 @@
+"""RewardLabeling controller: sample test, labeling and dry run over the operator's store, in a daemon.
+
+One kopf daemon per RewardLabeling runs the pipeline (``pipeline.labeling``) in the operator process:
+sample test (``SampleTested``, records in ``status.sample``), labeling (``Labeling``, counts written
+every ``LIGHTNING_LABELING_POLL_SECONDS``), dry run (``Completed`` with scores, verdict, diagnosis).
+``Once`` mode then waits for a spec change; ``Continuous`` labels again every ``intervalSeconds``.
+
+Why a daemon in the operator rather than a Job with the operator image: no second image, Job or
+RBAC plumbing, and nothing to carry the store's credentials into another pod; the store is the
+durable progress (every label is written as it is graded, and ``label_batch`` skips episodes this
+grader version already labeled), so an operator restart just re-enters the daemon, which resumes at
+the stage the status names (``pipeline.labeling_flow.resume_point``).
+
+The grader spec is checked when the daemon starts and on every spec change: a bad grader is phase
+Failed with a condition naming the field (``spec.grader.reference: required``), and the daemon waits
+for the next spec change (no retries). A daemon outlives kopf's per-call patch, so it writes its
+status itself, through ``Cluster.patch_custom_status`` (a merge patch of the changed keys only).
+
+Talks to ``controllers.common``, ``pipeline.labeling``, ``pipeline.labeling_flow`` and ``graders``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+
+from lightning_op import graders
+from lightning_op.api import constants, kinds
+from lightning_op.api import labeling as rl
+from lightning_op.api.common import FieldProblem, SpecError
+from lightning_op.controllers import common
+from lightning_op.pipeline import labeling as labeling_pipeline
+from lightning_op.pipeline import labeling_flow as lflow
+
+KIND = rl.KIND
+PLURAL = kinds.kind_info(KIND).plural
+RESOURCE = (constants.GROUP, constants.VERSION, PLURAL)
+ENV_POLL = "LIGHTNING_LABELING_POLL_SECONDS"
+#: how often labeling progress is written, and a waiting daemon looks for a spec change
+POLL_SECONDS = common.env_seconds(ENV_POLL, 5.0)
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=2.0)
+@common.instrumented(KIND)
+async def run_labeling(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    rt = common.runtime(memo)
+    writer = _StatusWriter(rt, body)
+    while not stopped:
+        generation = body.meta.get("generation")
+        try:
+            spec, grader = _load(body)
+        except SpecError as exc:
+            failed = lflow.Report(rl.LabelingPhase.FAILED, "InvalidSpec", f"invalid spec: {exc}")
+            await writer.report(failed, generation)
+            await _wait_for_change(body, generation, stopped)
+            continue
+        try:
+            await _run(rt, writer, body, spec, grader, stopped)
+        finally:
+            await grader.aclose()
+
+
+# ----------------------------------------------------------------------------------------- stages
+
+
+def _load(body: kopf.Body) -> tuple[rl.RewardLabelingSpec, graders.Grader]:
+    spec = rl.parse_spec(body)
+    try:
+        return spec, graders.build_grader(lflow.grader_spec(spec))
+    except graders.GraderBuildError as exc:
+        raise SpecError([FieldProblem("spec.grader", str(exc))]) from None
+
+
+async def _run(
+    rt: common.Runtime,
+    writer: _StatusWriter,
+    body: kopf.Body,
+    spec: rl.RewardLabelingSpec,
+    grader: graders.Grader,
+    stopped: kopf.DaemonStopped,
+) -> None:
+    """Stages until the spec changes (or the daemon stops)."""
+    generation = body.meta.get("generation")
+    agent = str(spec.agent_id)
+    while not stopped and body.meta.get("generation") == generation:
+        status = rl.parse_status({"status": writer.current})
+        point = lflow.resume_point(spec, status, generation, datetime.now(UTC))
+        if point.stage == lflow.Stage.WAIT_FOR_CHANGE:
+            return await _wait_for_change(body, generation, stopped)
+        if point.stage == lflow.Stage.WAIT_UNTIL and point.next_run is not None:
+            await _wait_until(body, generation, stopped, point.next_run)
+            continue
+        if point.stage == lflow.Stage.SAMPLE:
+            result = await labeling_pipeline.sample_test(
+                rt.store, grader, agent, spec.sample_test.size, concurrency=spec.concurrency
+            )
+            report = lflow.sample_report(spec, result, generation)
+            await writer.report(report, generation)
+            if report.phase == rl.LabelingPhase.PENDING:
+                retry = _seconds_from_now(max(rt.config.retry_delay, POLL_SECONDS))
+                await _wait_until(body, generation, stopped, retry)
+            continue
+        await _label_and_dry_run(rt, writer, spec, grader, generation)
+
+
+async def _label_and_dry_run(
+    rt: common.Runtime,
+    writer: _StatusWriter,
+    spec: rl.RewardLabelingSpec,
+    grader: graders.Grader,
+    generation: int | None,
+) -> None:
+    latest: list[labeling_pipeline.LabelingProgress] = []
+    await writer.report(lflow.labeling_report(spec, None, generation), generation)
+    progress_task = asyncio.create_task(_write_progress(writer, spec, latest, generation))
+    try:
+        report = await labeling_pipeline.label_batch(
+            rt.store,
+            grader,
+            agent_id=str(spec.agent_id),
+            unlabeled_only=spec.selector.unlabeled_only,
+            limit=spec.selector.limit,
+            since=spec.selector.since,
+            until=spec.selector.until,
+            concurrency=spec.concurrency,
+            progress=latest.append,
+        )
+    finally:
+        progress_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await progress_task
+    dry = await labeling_pipeline.dry_run(
+        rt.store, grader, str(spec.agent_id), spec.dry_run.sample_size, concurrency=spec.concurrency
+    )
+    await writer.report(lflow.completed_report(spec, report, dry, generation, datetime.now(UTC)), generation)
+
+
+async def _write_progress(
+    writer: _StatusWriter,
+    spec: rl.RewardLabelingSpec,
+    latest: list[labeling_pipeline.LabelingProgress],
+    generation: int | None,
+) -> None:
+    while True:
+        await asyncio.sleep(POLL_SECONDS)
+        if latest:
+            last = latest[-1]
+            latest.clear()
+            await writer.report(lflow.labeling_report(spec, last, generation), generation)
+
+
+# ----------------------------------------------------------------------------------------- waiting
+
+
+def _seconds_from_now(seconds: float) -> datetime:
+    return datetime.fromtimestamp(datetime.now(UTC).timestamp() + seconds, UTC)
+
+
+async def _wait_until(body: kopf.Body, generation: Any, stopped: kopf.DaemonStopped, when: datetime) -> None:
+    while not stopped and body.meta.get("generation") == generation:
+        left = (when - datetime.now(UTC)).total_seconds()
+        if left <= 0:
+            return
+        await stopped.wait(min(left, POLL_SECONDS))
+
+
+async def _wait_for_change(body: kopf.Body, generation: Any, stopped: kopf.DaemonStopped) -> None:
+    while not stopped and body.meta.get("generation") == generation:
+        await stopped.wait(POLL_SECONDS)
+
+
+# ----------------------------------------------------------------------------------------- status
+
+
+class _StatusWriter:
+    """Writes the daemon's status with ``common.set_phase`` semantics (only what changed; an Event on
+    a phase change), keeping the status it wrote as the current one: the daemon's ``body`` is updated
+    by the watch, which may lag behind our own writes."""
+
+    def __init__(self, rt: common.Runtime, body: kopf.Body) -> None:
+        self.rt = rt
+        self.body = body
+        self.current: dict[str, Any] = dict(body.get("status") or {})
+
+    def _view(self, generation: int | None) -> kopf.Body:
+        # The generation the run worked on, not the live one: a spec changed mid-run is run again.
+        metadata = {**dict(self.body.get("metadata") or {}), "generation": generation}
+        raw: dict[str, Any] = {
+            "apiVersion": self.body.get("apiVersion") or constants.API_VERSION,
+            "kind": self.body.get("kind") or KIND,
+            "metadata": metadata,
+            "status": self.current,
+        }
+        return kopf.Body(cast(kopf.RawBody, raw))
+
+    async def report(self, report: lflow.Report, generation: int | None) -> None:
+        view = self._view(generation)
+        patch = kopf.Patch()
+        common.set_phase(
+            view,
+            patch,
+            report.phase,
+            report.reason,
+            report.message,
+            conditions=report.conditions,
+            fields=report.fields,
+        )
+        changes = dict(patch.get("status") or {})
+        self.rt.metrics.observe_phase(
+            KIND, str(self.body.meta.namespace), str(self.body.meta.name), report.phase
+        )
+        if not changes:
+            return
+        await common.run_sync(
+            self.rt.cluster.patch_custom_status,
+            PLURAL,
+            str(self.body.meta.namespace),
+            str(self.body.meta.name),
+            changes,
+        )
+        self.current = common.current_status(view, patch)
