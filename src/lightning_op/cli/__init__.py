@@ -79,5 +79,17 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> Any:
-    return cli.main(args=argv, prog_name="lightning-op")
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a usage error (missing option, bad value) is one line on stderr and exit code 2."""
+    try:
+        # Commands exit through sys.exit/fail(); their return values are not exit codes.
+        cli.main(args=argv, prog_name="lightning-op", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        where = f" (lightning-op {exc.ctx.info_name})" if isinstance(exc, click.UsageError) and exc.ctx else ""
+        click.echo(f"error: {exc.format_message()}{where}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
