@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Any
 
 import click
 
@@ -76,7 +75,9 @@ def _not_built(name: str) -> click.Command:
 def cli(verbose: int) -> None:
     """Make AI agents improve from their own traffic: capture, label, fine-tune, promote."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        where = f" (lightning-op {exc.ctx.info_name})" if isinstance(exc, click.UsageError) and exc.ctx else ""
+        ctx = exc.ctx if isinstance(exc, click.UsageError) else None
+        where = f" (lightning-op {ctx.info_name})" if ctx else ""
         click.echo(f"error: {exc.format_message()}{where}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
