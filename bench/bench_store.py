@@ -82,13 +82,18 @@ def make_episode(n: int) -> ep.Episode:
     )
 
 
-def timed(label: str, work: Callable[[], int]) -> float:
-    started = time.perf_counter()
+def timed(label: str, work: Callable[[], int]) -> tuple[float, float]:
+    """Episodes per wall-clock second and per CPU second of this process."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     done = work()
-    seconds = time.perf_counter() - started
-    rate = done / seconds
-    print(f"  {label:<34} {done:>7,} episodes in {seconds:6.2f}s  {rate:>9,.0f} eps/s", flush=True)
-    return rate
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    rate, cpu_rate = done / seconds, done / max(cpu, 1e-9)
+    print(
+        f"  {label:<32} {done:>7,} episodes in {seconds:6.2f}s  {rate:>9,.0f} eps/s "
+        f"({cpu_rate:,.0f} per CPU second)",
+        flush=True,
+    )
+    return rate, cpu_rate
 
 
 def batched(store: sqlite.SQLiteStore, episodes: list[ep.Episode]) -> int:
@@ -138,17 +143,19 @@ def main() -> None:
     print(f"store: {args.episodes:,} episodes of {size / 1024:.2f} KB on average, batches of {BATCH}")
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         with sqlite.SQLiteStore(Path(tmp) / "batched.db") as store:
-            batched_rate = timed(f"batched ({BATCH} per transaction)", lambda: batched(store, episodes))
+            batched_rate, batched_cpu = timed(
+                f"batched ({BATCH} per transaction)", lambda: batched(store, episodes)
+            )
             assert store.count() == args.episodes
-            iter_rate = timed(
+            iter_rate, iter_cpu = timed(
                 "iter_json (read back)", lambda: sum(1 for _ in store.iter_json(store_base.EpisodeQuery()))
             )
         with sqlite.SQLiteStore(Path(tmp) / "single.db") as store:
-            single_rate = timed(
+            single_rate, single_cpu = timed(
                 "one commit per episode", lambda: one_by_one(store, episodes, args.per_episode_seconds)
             )
         with sqlite.SQLiteStore(Path(tmp) / "fsync.db", synchronous="FULL") as store:
-            fsync_rate = timed(
+            fsync_rate, _ = timed(
                 "one fsync'd commit per episode",
                 lambda: one_by_one(store, episodes, args.per_episode_seconds),
             )
@@ -161,7 +168,7 @@ def main() -> None:
 
     if not args.no_record:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        machine = f"{os.cpu_count()} CPUs ({cpu_model()}), load average {load}"
+        machine = f"nproc {len(os.sched_getaffinity(0))} ({cpu_model()}), load average {load}"
         header = (
             f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {machine}; Python "
             f"{platform.python_version()}, SQLite {sqlite.sqlite3.sqlite_version}; `bench/bench_store.py`: "
@@ -170,12 +177,12 @@ def main() -> None:
         record(
             f"""{header}
 
-| write path | eps/s |
-|---|---|
-| `insert_many`, {BATCH} per transaction | {batched_rate:,.0f} |
-| one transaction per episode (synchronous=NORMAL, the store's setting) | {single_rate:,.0f} |
-| one transaction per episode with synchronous=FULL (fsync per commit) | {fsync_rate:,.0f} |
-| `iter_json` read back | {iter_rate:,.0f} |
+| path | eps/s (wall) | eps per CPU second |
+|---|---|---|
+| `insert_many`, {BATCH} per transaction | {batched_rate:,.0f} | {batched_cpu:,.0f} |
+| one transaction per episode (synchronous=NORMAL, as the store) | {single_rate:,.0f} | {single_cpu:,.0f} |
+| one transaction per episode, synchronous=FULL (fsync each) | {fsync_rate:,.0f} | (disk-bound) |
+| `iter_json` read back | {iter_rate:,.0f} | {iter_cpu:,.0f} |
 
 Batching is {ratio:.1f}x one commit per episode at the store's own settings, and {fsync_ratio:.0f}x one
 fsync'd commit per episode. With synchronous=NORMAL a commit costs no fsync, so most of the time per

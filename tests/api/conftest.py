@@ -574,12 +574,41 @@ def env_dict(deployment: Mapping[str, Any] | None, container: str = "agent") -> 
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container_env(deployment, container)}
 
 
+def example(kind: str, name: str) -> dict[str, Any]:
+    """The walkthrough's example manifest of ``kind`` (examples/*.yaml), renamed, namespace ``test``."""
+    files = {"EpisodeCapture": "capture.yaml", "RewardLabeling": "labeling.yaml",
+             "FineTuneJob": "finetune.yaml", "ModelPromotion": "promotion.yaml"}
+    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / files[kind]).read_text(encoding="utf-8"))
+    body["metadata"] = {"name": name, "namespace": NAMESPACE}
+    return body
+
+
+def live_episodes(
+    agent: str, model: str, n: int, reward: float | None, *, errors: int = 0,
+    at: datetime.datetime | None = None, prefix: str = "",
+) -> list[Any]:
+    """``n`` live episodes of ``model`` (the first ``errors`` with an error), labeled with ``reward``."""
+    from lightning_op.api import episode as ep
+
+    when = at or datetime.datetime.now(tz=datetime.UTC)
+    return [
+        ep.Episode(
+            id=f"{prefix or model}-{i}".replace("/", "_"), agent_id=agent, model_version=model,
+            timestamp=when - datetime.timedelta(milliseconds=i), state=ep.State(query=f"q{i}"),
+            result="ok", reward=reward, error="tool timed out" if i < errors else None,
+        )
+        for i in range(n)
+    ]
+
+
 class Objects:
     """Builders and readers of test objects, as a fixture (conftest modules are not imported by tests)."""
 
     agent_deployment = staticmethod(agent_deployment)
     container_env = staticmethod(container_env)
     env_dict = staticmethod(env_dict)
+    example = staticmethod(example)
+    live_episodes = staticmethod(live_episodes)
 
 
 @pytest.fixture

@@ -252,7 +252,8 @@ def test_cursor_pages_visit_each_episode_once_even_with_equal_timestamps(
         if cursor is None:
             break
     assert sorted(seen) == sorted(e.id for e in episodes) and len(seen) == 30
-    stamps = [db.get(i).timestamp for i in seen]  # type: ignore[union-attr]
+    by_id = {e.id: e.timestamp for e in episodes}
+    stamps = [by_id[i] for i in seen]
     assert stamps == sorted(stamps, reverse=True)
 
 
@@ -333,8 +334,8 @@ def test_add_label_bumps_revision_and_recomputes_reward(db: sqlite.SQLiteStore) 
     after = db.add_label(one.id, ep.Label(score=0.1, grader="judge"), expected_revision=3)
     assert after.reward == 0.9, "a manual label wins over a newer automatic one"
     stored = db.get(one.id)
-    assert stored == after
-    assert [lab.grader for lab in stored.labels] == ["judge", "human", "judge"]  # type: ignore[union-attr]
+    assert stored is not None and stored == after
+    assert [lab.grader for lab in stored.labels] == ["judge", "human", "judge"]
     assert db.count("bot", labeled=True) == 1
 
 
@@ -415,7 +416,8 @@ def test_reward_stats(mixed: sqlite.SQLiteStore) -> None:
     assert (stats.min, stats.max) == (0.0, 0.8)
     assert stats.last_timestamp == T0 + timedelta(seconds=9)
     since = mixed.reward_stats("bot", since=T0 + timedelta(seconds=6), model_version="base-v1")
-    assert (since.count, since.mean, since.std) == (2, pytest.approx(0.7), pytest.approx(0.1))
+    assert since.count == 2
+    assert since.mean == pytest.approx(0.7) and since.std == pytest.approx(0.1)
 
 
 def test_reward_stats_without_rewards(mixed: sqlite.SQLiteStore) -> None:
@@ -496,8 +498,11 @@ def test_a_closed_store_says_so(tmp_path: Path) -> None:
 
 def test_data_survives_reopening(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keep.db'}"
-    with store_mod.open_store(url) as s:  # type: ignore[attr-defined]
-        s.insert_many([make_episode(n) for n in range(3)])
-        s.put_record("job", "j", {"x": 1})
+    opened = store_mod.open_store(url)
+    try:
+        opened.insert_many([make_episode(n) for n in range(3)])
+        opened.put_record("job", "j", {"x": 1})
+    finally:
+        opened.close()
     with sqlite.SQLiteStore.from_url(url) as s:
         assert s.count() == 3 and s.get_record("job", "j") is not None

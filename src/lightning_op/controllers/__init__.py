@@ -2,6 +2,8 @@
 
 Importing this package registers every handler with kopf's default registry, so both
 ``lightning-op operator`` and ``kopf run -m lightning_op.controllers`` run the whole operator.
+``LIGHTNING_CONTROLLERS`` (comma-separated: ``capture,labeling,finetune,promotion``) registers only
+some of them, e.g. to split the kinds over two deployments or to test one controller alone.
 Each per-kind module is thin glue: parse the spec (``api``), call ``pipeline``/``manifests``, send
 requests through ``k8s`` off the event loop, and write status through kopf's patch.
 """
@@ -9,17 +11,33 @@ requests through ``k8s`` off the event loop, and write status through kopf's pat
 from __future__ import annotations
 
 import importlib
+import os
 
-from lightning_op.controllers import capture, common, promotion
+from lightning_op.controllers import common
 
-__all__ = ["capture", "common", "promotion"]
+ENV_CONTROLLERS = "LIGHTNING_CONTROLLERS"
+ALL_CONTROLLERS = ("capture", "labeling", "finetune", "promotion")
+#: controllers written in parallel with the others: a missing module must not stop the rest
+_OPTIONAL = frozenset({"labeling", "finetune"})
 
-# Controllers written in parallel; a missing module must not stop the others from registering.
-for _name in ("labeling", "finetune"):
+
+def _selected() -> list[str]:
+    raw = os.environ.get(ENV_CONTROLLERS, "").strip()
+    if not raw:
+        return list(ALL_CONTROLLERS)
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(ALL_CONTROLLERS))
+    if unknown:
+        raise ValueError(f"{ENV_CONTROLLERS}: unknown controllers {unknown}; choose from {list(ALL_CONTROLLERS)}")
+    return names
+
+
+__all__ = ["common"]
+for _name in _selected():
     try:
         importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as _exc:
-        if _exc.name != f"{__name__}.{_name}":
+        if _name not in _OPTIONAL or _exc.name != f"{__name__}.{_name}":
             raise
     else:
         __all__.append(_name)

@@ -66,11 +66,17 @@ def _capture_condition(enabled: bool, reason: str, message: str, body: kopf.Body
 def _report(body: kopf.Body, patch: kopf.Patch, spec: capture.EpisodeCaptureSpec, container: str) -> None:
     where = f"Deployment {spec.target_ref.name} container {container}"
     if spec.enabled:
-        phase, reason, message = (capture.CapturePhase.ACTIVE, Reason.CAPTURE_ENABLED,
-                                  f"capture env set on {where}")
+        phase, reason, message = (
+            capture.CapturePhase.ACTIVE,
+            Reason.CAPTURE_ENABLED,
+            f"capture env set on {where}",
+        )
     else:
-        phase, reason, message = (capture.CapturePhase.DISABLED, Reason.CAPTURE_DISABLED,
-                                  f"no capture env on {where}")
+        phase, reason, message = (
+            capture.CapturePhase.DISABLED,
+            Reason.CAPTURE_DISABLED,
+            f"no capture env on {where}",
+        )
     condition = _capture_condition(spec.enabled, reason, message, body)
     common.set_phase(
         body, patch, phase, reason, message, conditions=[condition], fields={"container": container}
@@ -102,8 +108,12 @@ async def reconcile_capture(
         except common.TargetMissing:
             pass  # the old target is gone: nothing to clean up
     try:
-        container = await _apply_env(rt, namespace, capture_sync.target_of(spec), capture_sync.capture_env(
-            spec, rt.config.collector_url))
+        container = await _apply_env(
+            rt,
+            namespace,
+            capture_sync.target_of(spec),
+            capture_sync.capture_env(spec, rt.config.collector_url),
+        )
     except common.TargetMissing as exc:
         if spec.enabled:
             raise _pending(body, patch, rt, exc) from None
@@ -121,8 +131,12 @@ async def remove_capture(
         return
     container = (body.get("status") or {}).get("container") or target.container
     try:
-        await _apply_env(common.runtime(memo), namespace, capture_sync.Target(target.name, container),
-                         capture_sync.removal_env())
+        await _apply_env(
+            common.runtime(memo),
+            namespace,
+            capture_sync.Target(target.name, container),
+            capture_sync.removal_env(),
+        )
     except common.TargetMissing as exc:
         logger.info("capture env not removed, nothing to remove from: %s", exc)
 

@@ -245,13 +245,23 @@ def phase_conditions(phase: str, reason: str, message: str, generation: int | No
     """``Ready`` (True in a goal phase) and, in phase Failed, ``Failed`` True with the reason."""
     ready = ConditionStatus.TRUE if phase in READY_PHASES else ConditionStatus.FALSE
     found = [
-        Condition(type=ConditionType.READY, status=ready, reason=reason, message=message,
-                  observed_generation=generation)
+        Condition(
+            type=ConditionType.READY,
+            status=ready,
+            reason=reason,
+            message=message,
+            observed_generation=generation,
+        )
     ]
     if phase == FAILED:
         found.append(
-            Condition(type=ConditionType.FAILED, status=ConditionStatus.TRUE, reason=reason, message=message,
-                      observed_generation=generation)
+            Condition(
+                type=ConditionType.FAILED,
+                status=ConditionStatus.TRUE,
+                reason=reason,
+                message=message,
+                observed_generation=generation,
+            )
         )
     return found
 
@@ -278,8 +288,16 @@ def set_phase(
     wanted = phase_conditions(phase, reason, message, generation)
     failed = get_condition(merged, ConditionType.FAILED)
     if phase != FAILED and failed is not None and failed.status == ConditionStatus.TRUE:
-        wanted.append(failed.model_copy(update={"status": ConditionStatus.FALSE, "reason": reason,
-                                                "message": message, "observed_generation": generation}))
+        wanted.append(
+            failed.model_copy(
+                update={
+                    "status": ConditionStatus.FALSE,
+                    "reason": reason,
+                    "message": message,
+                    "observed_generation": generation,
+                }
+            )
+        )
     for condition in [*wanted, *conditions]:
         merged = list(set_condition(merged, condition))
     desired: dict[str, Any] = {

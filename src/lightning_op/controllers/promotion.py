@@ -46,6 +46,8 @@ POLL_SECONDS = common.env_seconds(common.ENV_PROMOTION_POLL, 5.0)
 Phase = promotion.PromotionPhase
 OUTCOMES = {Phase.PROMOTED: "promoted", Phase.ROLLED_BACK: "rolled_back", Phase.FAILED: "failed"}
 _ROLLING_BACK = "rolling back: "
+#: the previous model's live traffic is read from at least this far before the promotion
+BASELINE_LOOKBACK = timedelta(hours=1)
 
 
 def _status_of(value: bool | ConditionStatus) -> ConditionStatus:
@@ -74,15 +76,32 @@ class Step:
         return f"Deployment {self.spec.target_ref.name}"
 
     def condition(self, type_: str, status: bool | ConditionStatus, reason: str, message: str) -> Condition:
-        return Condition(type=type_, status=_status_of(status), reason=reason, message=message,
-                         observed_generation=self.body.meta.get("generation"))
+        return Condition(
+            type=type_,
+            status=_status_of(status),
+            reason=reason,
+            message=message,
+            observed_generation=self.body.meta.get("generation"),
+        )
 
-    def set_phase(self, phase: Phase, reason: str, message: str, conditions: Iterable[Condition] = (),
-                  fields: Mapping[str, Any] | None = None) -> None:
+    def set_phase(
+        self,
+        phase: Phase,
+        reason: str,
+        message: str,
+        conditions: Iterable[Condition] = (),
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:
         common.set_phase(self.body, self.patch, phase, reason, message, conditions=conditions, fields=fields)
 
-    def finish(self, phase: Phase, reason: str, message: str, conditions: Iterable[Condition] = (),
-               fields: Mapping[str, Any] | None = None) -> None:
+    def finish(
+        self,
+        phase: Phase,
+        reason: str,
+        message: str,
+        conditions: Iterable[Condition] = (),
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:
         if self.phase != phase:
             self.rt.metrics.count_promotion(self.namespace, OUTCOMES[phase])
         self.set_phase(phase, reason, message, conditions, fields)
@@ -112,11 +131,18 @@ def _now() -> datetime:
 
 async def _gate(step: Step) -> None:
     ref = step.spec.model.fine_tune_job_ref
-    job = None if ref is None else await common.run_sync(
-        step.rt.cluster.get_custom, FINETUNE_PLURAL, step.namespace, ref.name)
+    job = (
+        None
+        if ref is None
+        else await common.run_sync(step.rt.cluster.get_custom, FINETUNE_PLURAL, step.namespace, ref.name)
+    )
     decision = promotion_flow.gate_decision(step.spec, job)
-    gate = step.condition(ConditionType.GATE_PASSED, decision.status == promotion_flow.GateStatus.OPEN,
-                          decision.reason, decision.message)
+    gate = step.condition(
+        ConditionType.GATE_PASSED,
+        decision.status == promotion_flow.GateStatus.OPEN,
+        decision.reason,
+        decision.message,
+    )
     if decision.status != promotion_flow.GateStatus.OPEN:
         if decision.status == promotion_flow.GateStatus.FAILED:
             step.finish(Phase.FAILED, decision.reason, decision.message, [gate])
@@ -124,7 +150,9 @@ async def _gate(step: Step) -> None:
             step.set_phase(Phase.GATED, decision.reason, decision.message, [gate])
         return
     try:
-        deployment = await common.run_sync(step.rt.cluster.get_deployment, step.namespace, step.spec.target_ref.name)
+        deployment = await common.run_sync(
+            step.rt.cluster.get_deployment, step.namespace, step.spec.target_ref.name
+        )
         if deployment is None:
             raise common.TargetMissing(f"{step.target} not found")
         names = [step.spec.env.use_tuned_model, step.spec.env.model_name]
@@ -150,7 +178,9 @@ async def _promoting(step: Step) -> None:
     if step.status.promotion_time is None:
         await _patch_model_env(step)
         return
-    deployment = await common.run_sync(step.rt.cluster.get_deployment, step.namespace, step.spec.target_ref.name)
+    deployment = await common.run_sync(
+        step.rt.cluster.get_deployment, step.namespace, step.spec.target_ref.name
+    )
     if deployment is None:
         step.finish(Phase.FAILED, Reason.TARGET_NOT_FOUND, f"{step.target} disappeared during the rollout")
         return
@@ -166,16 +196,24 @@ async def _promoting(step: Step) -> None:
 
 async def _patch_model_env(step: Step) -> None:
     names, container = step.spec.env, step.spec.target_ref.container
-    desired: dict[str, str | None] = {names.use_tuned_model: "true", names.model_name: step.status.promoted_model}
+    desired: dict[str, str | None] = {
+        names.use_tuned_model: "true",
+        names.model_name: step.status.promoted_model,
+    }
     try:
         deployment = await step.patch_env(lambda d: workload_env.env_patch(d, container, desired))
     except common.TargetMissing as exc:
         step.set_phase(Phase.PENDING, exc.reason, f"{exc} (the env was not changed)")
         return
     state = promotion_flow.rollout_state(deployment, deployment["metadata"].get("generation"))
-    common.update_status(step.body, step.patch, {
-        "promotionTime": promotion_flow.rfc3339(_now()), "rollout": state.status,
-    })
+    common.update_status(
+        step.body,
+        step.patch,
+        {
+            "promotionTime": promotion_flow.rfc3339(_now()),
+            "rollout": state.status,
+        },
+    )
     settings = ", ".join(f"{k}={v}" for k, v in desired.items())
     kopf.info(step.body, reason=Reason.PROMOTING, message=f"set {settings} on {step.target}")
 
@@ -185,22 +223,37 @@ def _rolled_out(step: Step, state: promotion_flow.RolloutState) -> None:
     window = step.spec.verification.window_seconds
     if window == 0:
         verified = step.condition(ConditionType.VERIFIED, True, Reason.VERIFIED, "verification skipped")
-        step.finish(Phase.PROMOTED, Reason.ROLLOUT_COMPLETE, state.message, [rolled, verified],
-                    {"rollout": state.status})
+        step.finish(
+            Phase.PROMOTED,
+            Reason.ROLLOUT_COMPLETE,
+            state.message,
+            [rolled, verified],
+            {"rollout": state.status},
+        )
         return
     deadline = promotion_flow.rfc3339(_now() + timedelta(seconds=window))
     message = f"{state.message}; comparing live traffic until {deadline}"
-    step.set_phase(Phase.VERIFYING, Reason.VERIFYING, message, [rolled],
-                   {"rollout": state.status, "verificationDeadline": deadline})
+    step.set_phase(
+        Phase.VERIFYING,
+        Reason.VERIFYING,
+        message,
+        [rolled],
+        {"rollout": state.status, "verificationDeadline": deadline},
+    )
 
 
 async def _verifying(step: Step) -> None:
     spec, status = step.spec.verification, step.status
-    since = (status.promotion_time or _now()) - timedelta(seconds=spec.window_seconds)
+    lookback = max(timedelta(seconds=spec.window_seconds), BASELINE_LOOKBACK)
+    since = (status.promotion_time or _now()) - lookback
     before = status.previous_model or promotion_pipeline.UNKNOWN_VERSION
     comparison = await common.run_sync(
-        promotion_pipeline.compare_versions, step.rt.store, str(step.spec.agent_id), before,
-        str(status.promoted_model), since,
+        promotion_pipeline.compare_versions,
+        step.rt.store,
+        str(step.spec.agent_id),
+        before,
+        str(status.promoted_model),
+        since,
     )
     verdict = promotion_pipeline.verification_verdict(
         comparison, spec.max_reward_drop, spec.max_error_rate_increase, spec.min_episodes
@@ -215,17 +268,25 @@ async def _verifying(step: Step) -> None:
         step.finish(Phase.PROMOTED, Reason.VERIFIED, verdict.message, [verified], fields)
     else:
         message = f"verification window ended with too little traffic ({verdict.message}); promotion kept"
-        unknown = step.condition(ConditionType.VERIFIED, ConditionStatus.UNKNOWN, Reason.NOT_ENOUGH_TRAFFIC, message)
+        unknown = step.condition(
+            ConditionType.VERIFIED, ConditionStatus.UNKNOWN, Reason.NOT_ENOUGH_TRAFFIC, message
+        )
         step.finish(Phase.PROMOTED, Reason.NOT_ENOUGH_TRAFFIC, message, [unknown], fields)
 
 
 def _fail_or_roll_back(step: Step, reason: str, message: str, fields: Mapping[str, Any]) -> None:
     """Record the decision: a pending rollback (RolledBack condition Unknown), or Failed."""
     if not step.spec.rollback.automatic:
-        step.finish(Phase.FAILED, reason, f"{message}; rollback.automatic is false: the Deployment is left as is",
-                    fields=fields)
+        step.finish(
+            Phase.FAILED,
+            reason,
+            f"{message}; rollback.automatic is false: the Deployment is left as is",
+            fields=fields,
+        )
         return
-    pending = step.condition(ConditionType.ROLLED_BACK, ConditionStatus.UNKNOWN, reason, _ROLLING_BACK + message)
+    pending = step.condition(
+        ConditionType.ROLLED_BACK, ConditionStatus.UNKNOWN, reason, _ROLLING_BACK + message
+    )
     step.set_phase(step.phase, reason, _ROLLING_BACK + message, [pending], fields)
 
 
@@ -238,7 +299,8 @@ async def _roll_back(step: Step, decided: Condition) -> None:
     except common.TargetMissing as exc:
         step.finish(Phase.FAILED, exc.reason, f"cannot roll back: {exc}")
         return
-    message = f"restored {', '.join(sorted(entries))} on {step.target}: {decided.message.removeprefix(_ROLLING_BACK)}"
+    why = decided.message.removeprefix(_ROLLING_BACK)
+    message = f"restored {', '.join(sorted(entries))} on {step.target}: {why}"
     done = step.condition(ConditionType.ROLLED_BACK, True, decided.reason, message)
     step.rt.metrics.count_rollback(step.namespace, decided.reason)
     step.finish(Phase.ROLLED_BACK, decided.reason, message, [done])
@@ -250,7 +312,8 @@ async def _advance(step: Step) -> None:
         await _roll_back(step, decided)
         return
     steps: dict[Phase, Callable[[Step], Awaitable[None]]] = {
-        Phase.PROMOTING: _promoting, Phase.VERIFYING: _verifying,
+        Phase.PROMOTING: _promoting,
+        Phase.VERIFYING: _verifying,
     }
     await steps.get(step.phase, _gate)(step)
 

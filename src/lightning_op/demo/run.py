@@ -69,7 +69,7 @@ class DemoSettings:
 
     @property
     def traffic_before(self) -> int:
-        return 120 if self.fast else 200
+        return 150 if self.fast else 200
 
     @property
     def traffic_after(self) -> int:
@@ -81,7 +81,7 @@ class DemoSettings:
 
     @property
     def base_hidden(self) -> int:
-        return 96 if self.fast else 128
+        return 128
 
     threshold: float = 0.75
     max_rounds: int = 3
@@ -350,7 +350,9 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
         recorder = capture.EpisodeRecorder(collector_url, AGENT_ID, flush_interval=0.5)
 
         def send_traffic(model: str, count: int, seed: int, label: str) -> float:
-            bot = agent_mod.AnalyticsAgent(client, model, recorder=recorder, temperature=1.0)
+            # Sampled as deployed: temperature 1 with nucleus sampling (top_p 0.9), which keeps the
+            # model's real alternatives (a right tool it gives 30%) and drops garbled long-tail bytes.
+            bot = agent_mod.AnalyticsAgent(client, model, recorder=recorder, temperature=1.0, top_p=0.9)
             queries = agent_mod.traffic(count, seed)
             right = 0
             for i, query in enumerate(queries):
@@ -361,7 +363,7 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
                 raise DemoError(f"the capture client could not deliver episodes to {collector_url}: {recorder.stats}")
             return right / count
 
-        step(f"Run the agent on {settings.traffic_before} user queries (temperature 1) with capture on")
+        step(f"Run the agent on {settings.traffic_before} user queries (sampling, top_p 0.9) with capture on")
         live_before = send_traffic(BASE_NAME, settings.traffic_before, settings.seed + 1, "before")
         store = store_mod.open_store(store_url)
         detail(
@@ -399,7 +401,7 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
 
         # 6. dataset
         step(f"Build the dataset from episodes with reward >= {settings.min_reward}")
-        options = build.BuildOptions(agent_id=AGENT_ID, min_reward=settings.min_reward, validation_fraction=0.2)
+        options = build.BuildOptions(agent_id=AGENT_ID, min_reward=settings.min_reward, validation_fraction=0.1)
         stats = build.build_dataset(
             store.iter_json(store_base.EpisodeQuery(**options.query_filter())),
             options,
@@ -418,11 +420,18 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
             f"at most {settings.max_rounds} rounds, lr decay {settings.lr_decay})"
         )
         train_file, validation_file, _ = training_mod.resolve_dataset(store, stats.name)
+        # Rounds are scored on the same held-out queries the demo measures before and after: a
+        # curated evaluation set (--eval-file) rather than a slice of the agent's own traffic.
+        eval_file = workdir / "datasets" / "heldout-eval.jsonl"
+        eval_file.write_text(
+            "".join(json.dumps(agent_mod.tool_call_row(q, q.expected_tool)) + "\n" for q in heldout)
+        )
         request = training_mod.TrainingRequest(
             agent_id=AGENT_ID,
             base_model=base_dir,
             train_file=train_file,
             validation_file=validation_file,
+            eval_file=eval_file,
             dataset=stats.name,
             dataset_sha256=stats.sha256,
             hyperparameters={
@@ -541,7 +550,7 @@ class _RoundWatcher:
         baseline = job.get("baseline")
         if baseline and not self.baseline_seen:
             self.baseline_seen = True
-            self.detail(f"baseline: the base model scores {baseline['score']:.2f} on the held-out rows")
+            self.detail(f"baseline: the base model scores {baseline['score']:.2f} on the held-out queries")
         done = [r for r in job.get("rounds") or [] if not r.get("running")]
         for entry in done[self.rounds_seen:]:
             score = entry.get("score")

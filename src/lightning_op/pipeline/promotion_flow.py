@@ -46,8 +46,9 @@ def gate_decision(spec: promotion.ModelPromotionSpec, finetune_job: Mapping[str,
     """Whether the model may be promoted: a model named in the spec always may; a FineTuneJob's model
     once the job Succeeded and its evaluation meets ``spec.gate``."""
     if spec.model.name is not None:
-        return GateDecision(GateStatus.OPEN, Reason.GATE_PASSED, f"model {spec.model.name} named in the spec",
-                            spec.model.name)
+        return GateDecision(
+            GateStatus.OPEN, Reason.GATE_PASSED, f"model {spec.model.name} named in the spec", spec.model.name
+        )
     ref = spec.model.fine_tune_job_ref
     assert ref is not None  # the spec has exactly one of name and fineTuneJobRef
     if finetune_job is None:
@@ -57,13 +58,19 @@ def gate_decision(spec: promotion.ModelPromotionSpec, finetune_job: Mapping[str,
     if phase == finetune.FineTunePhase.FAILED:
         return GateDecision(GateStatus.FAILED, Reason.GATE_FAILED, f"FineTuneJob {ref.name} failed")
     if phase != finetune.FineTunePhase.SUCCEEDED:
-        return GateDecision(GateStatus.WAITING, Reason.GATE_WAITING,
-                            f"waiting for FineTuneJob {ref.name} to succeed (phase {phase or 'Pending'})")
+        return GateDecision(
+            GateStatus.WAITING,
+            Reason.GATE_WAITING,
+            f"waiting for FineTuneJob {ref.name} to succeed (phase {phase or 'Pending'})",
+        )
     problems = _gate_problems(spec.gate, status)
     if problems:
-        return GateDecision(GateStatus.FAILED, Reason.GATE_FAILED, f"FineTuneJob {ref.name}: {'; '.join(problems)}")
-    score, baseline = status.result.score if status.result else None, status.baseline
-    message = f"FineTuneJob {ref.name} succeeded: score {score} against baseline {baseline.score if baseline else None}"
+        return GateDecision(
+            GateStatus.FAILED, Reason.GATE_FAILED, f"FineTuneJob {ref.name}: {'; '.join(problems)}"
+        )
+    score = status.result.score if status.result else None
+    baseline = status.baseline.score if status.baseline else None
+    message = f"FineTuneJob {ref.name} succeeded: score {score} against baseline {baseline}"
     return GateDecision(GateStatus.OPEN, Reason.GATE_PASSED, message, status.fine_tuned_model)
 
 
@@ -111,19 +118,25 @@ class RolloutState:
 
 def rollout_state(deployment: Mapping[str, Any], generation: int | None) -> RolloutState:
     """How far the Deployment rolled out ``generation`` (its current one when None)."""
-    meta, spec, observed_status = deployment.get("metadata") or {}, deployment.get("spec") or {}, deployment.get(
-        "status") or {}
+    meta, spec, observed_status = (
+        deployment.get("metadata") or {},
+        deployment.get("spec") or {},
+        deployment.get("status") or {},
+    )
     target = int(generation if generation is not None else meta.get("generation") or 0)
     wanted = int(spec.get("replicas", 1))
     observed = int(observed_status.get("observedGeneration") or 0)
     total = int(observed_status.get("replicas") or 0)
     updated = int(observed_status.get("updatedReplicas") or 0)
     available = int(observed_status.get("availableReplicas") or 0)
-    progressing = next(
+    progressing: Mapping[str, Any] = next(
         (c for c in observed_status.get("conditions") or [] if c.get("type") == "Progressing"), {}
     )
-    failed = observed >= target and progressing.get("status") == "False" and progressing.get(
-        "reason") == "ProgressDeadlineExceeded"
+    failed = (
+        observed >= target
+        and progressing.get("status") == "False"
+        and progressing.get("reason") == "ProgressDeadlineExceeded"
+    )
     if failed:
         message = f"rollout failed: {progressing.get('message') or 'ProgressDeadlineExceeded'}"
     elif observed < target:
@@ -136,10 +149,17 @@ def rollout_state(deployment: Mapping[str, Any], generation: int | None) -> Roll
         message = f"{available} of {updated} updated replicas available"
     else:
         message = f"rolled out: {available} of {wanted} replicas updated and available"
-    complete = not failed and observed >= target and updated >= wanted and total <= updated and available >= updated
+    complete = (
+        not failed and observed >= target and updated >= wanted and total <= updated and available >= updated
+    )
     status = {
-        "generation": target, "observedGeneration": observed, "replicas": wanted, "updatedReplicas": updated,
-        "availableReplicas": available, "complete": complete, "message": message,
+        "generation": target,
+        "observedGeneration": observed,
+        "replicas": wanted,
+        "updatedReplicas": updated,
+        "availableReplicas": available,
+        "complete": complete,
+        "message": message,
     }
     return RolloutState(complete=complete, failed=failed, message=message, status=status)
 

@@ -1,0 +1,201 @@
+"""A FineTuneJob from creation to its final phase, as a user sees it in status and Events.
+
+Covers, with the real operator against the API-server emulator and the test playing the kubelet and
+the trainer pods: the dataset snapshot (sha256, counts, rewards; files and trainer configs on the
+model volume), the baseline Job (round 0, ``evaluate``) then one Job per round with the learning rate
+decayed by ``lrDecay``, progress copied from the pod log, each round's score from the trainer's final
+JSON line, the result against the baseline example by example, ``fineTunedModel`` = the best round's
+adapter, a Normal Event per phase change; ``MaxRoundsReached`` (Failed, with result and the best round
+recorded); the trainer's and the Job's failure reasons (Diverged, OutOfMemory, DeadlineExceeded,
+BackoffLimitExceeded) as a Warning; a job with no evaluation (one round, Succeeded); and an unchanged
+object costs no write calls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support.trainer_double import TrainerDouble, finetune_manifest, seed_episodes
+
+from lightning_op.manifests import trainer_job
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "models"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def ftj_operator(operator_process: Any, models_dir: Path, store_url: str) -> Any:
+    seed_episodes(store_url, "bot", 12, reward=0.9)
+    seed_episodes(store_url, "bot", 5, reward=0.2, start=100)
+    return await operator_process.start(LIGHTNING_MODELS_DIR=str(models_dir))
+
+
+@pytest.fixture
+def trainer(api: Any, kubelet: Any, models_dir: Path) -> TrainerDouble:
+    return TrainerDouble(api, kubelet, models_dir)
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+async def _job(api: Any, name: str) -> dict[str, Any]:
+    return await api.wait_for(lambda: api.get("Job", name), timeout=10, what=f"Job {name}")
+
+
+async def test_rounds_until_the_threshold_is_met(api: Any, ftj_operator: Any, trainer: TrainerDouble,
+                                                 models_dir: Path) -> None:
+    await api.create(finetune_manifest("ftj-1"))
+    obj = await api.wait_for_phase("FineTuneJob", "ftj-1", "Evaluating")
+    dataset = obj["status"]["dataset"]
+    assert dataset["episodes"] == 12 and len(dataset["sha256"]) == 64
+    assert dataset["avgReward"] == pytest.approx(0.9) and dataset["minReward"] == pytest.approx(0.9)
+    layout = await trainer.layout("ftj-1")
+    assert layout.in_operator(models_dir, layout.dataset).is_file()
+    assert _condition(obj, "DatasetReady")["status"] == "True"
+
+    baseline_job = await _job(api, "ftj-1-r0")
+    command = baseline_job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:4] == ["python", "-m", "lightning_op.trainer", "evaluate"]
+    config = yaml.safe_load(layout.in_operator(models_dir, layout.config_file(0)).read_text())
+    assert config["trainFile"] == layout.in_trainer(layout.dataset)
+    assert config["baseModel"] == "/models/base/tiny"
+    assert baseline_job["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+
+    await trainer.succeed("ftj-1", 0, 0.4, examples=[0.0, 0.5, 1.0, 0.0])
+    obj = await api.wait_for_phase("FineTuneJob", "ftj-1", "Training")
+    assert obj["status"]["baseline"] == {"score": 0.4}
+    assert obj["status"]["rounds"][0]["learningRate"] == pytest.approx(0.001)
+    await _job(api, "ftj-1-r1")
+
+    await trainer.progress("ftj-1", 1, 50.0)
+
+    async def half_done() -> bool:
+        progress = ((await api.get("FineTuneJob", "ftj-1")) or {}).get("status", {}).get("progress") or {}
+        return progress.get("percent") == 50 and progress.get("step") == 5 and progress.get("round") == 1
+
+    await api.wait_for(half_done, what="progress 50% copied from the pod log")
+    mark = api.mark()
+    await _sleep_ticks()
+    assert api.writes_since(mark, "finetunejobs") == [], "an unchanged round must cost no writes"
+
+    await trainer.succeed("ftj-1", 1, 0.6, examples=[0.0, 1.0, 1.0, 0.0])
+    round2 = await _job(api, "ftj-1-r2")
+    config = yaml.safe_load(layout.in_operator(models_dir, layout.config_file(2)).read_text())
+    assert config["hyperparameters"]["learningRate"] == pytest.approx(0.0005)
+    assert config["initAdapter"] == layout.in_trainer(layout.round_dir(1) / "adapter")
+    assert config["resumeFrom"] == "auto"
+    assert round2["spec"]["template"]["spec"]["containers"][0]["command"][-1] == layout.in_trainer(
+        layout.config_file(2)
+    )
+    obj = await api.get("FineTuneJob", "ftj-1")
+    assert obj is not None
+    assert obj["status"]["rounds"][0]["score"] == pytest.approx(0.6)
+    assert obj["status"]["result"]["improvements"] == 1 and obj["status"]["result"]["regressions"] == 0
+
+    await trainer.succeed("ftj-1", 2, 0.8, examples=[1.0, 1.0, 1.0, 0.0])
+    obj = await api.wait_for_phase("FineTuneJob", "ftj-1", "Succeeded")
+    status = obj["status"]
+    adapter = layout.in_trainer(layout.round_dir(2) / "adapter")
+    assert status["fineTunedModel"] == adapter
+    assert status["result"] == {"score": 0.8, "improvements": 2, "regressions": 0, "examples": 4, "passed": True}
+    assert [r["round"] for r in status["rounds"]] == [1, 2]
+    assert status["rounds"][1] == {
+        "round": 2, "learningRate": pytest.approx(0.0005), "trainLoss": 0.5, "validLoss": 0.75, "score": 0.8,
+        "checkpoint": adapter,
+    }
+    assert status["progress"]["percent"] == 100
+    assert _condition(obj, "Ready")["status"] == "True"
+    assert _condition(obj, "EvaluationPassed")["status"] == "True"
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+
+    events = [(e["type"], e["reason"], e["message"]) for e in await api.events("ftj-1")]
+    transitions = [m.split(":")[0] for _, _, m in events]
+    assert transitions == [
+        "New -> BuildingDataset", "BuildingDataset -> Evaluating", "Evaluating -> Training",
+        "Training -> Succeeded",
+    ], events
+    assert all(t == "Normal" for t, _, _ in events)
+    jobs = await api.list("Job", selector=trainer_job.label_selector(obj))
+    assert sorted(j["metadata"]["name"] for j in jobs) == ["ftj-1-r0", "ftj-1-r1", "ftj-1-r2"]
+
+    mark = api.mark()
+    await _sleep_ticks()
+    assert api.writes_since(mark) == []
+
+
+async def _sleep_ticks() -> None:
+    import asyncio
+
+    await asyncio.sleep(1.0)
+
+
+async def test_max_rounds_below_threshold_fails_with_the_best_round(api: Any, ftj_operator: Any,
+                                                                     trainer: TrainerDouble) -> None:
+    manifest = finetune_manifest("ftj-2")
+    manifest["spec"]["evaluation"]["maxRounds"] = 2
+    await api.create(manifest)
+    await _job(api, "ftj-2-r0")
+    await trainer.succeed("ftj-2", 0, 0.3)
+    await _job(api, "ftj-2-r1")
+    await trainer.succeed("ftj-2", 1, 0.6)
+    await _job(api, "ftj-2-r2")
+    await trainer.succeed("ftj-2", 2, 0.5)
+    obj = await api.wait_for_phase("FineTuneJob", "ftj-2", "Failed")
+    status = obj["status"]
+    failed = _condition(obj, "Failed")
+    assert failed["reason"] == "MaxRoundsReached"
+    assert "best score 0.600 is below threshold 0.750" in failed["message"]
+    assert "best round 1" in failed["message"]
+    assert status["result"]["score"] == 0.5 and status["result"]["passed"] is False
+    assert "fineTunedModel" not in status
+    assert _condition(obj, "EvaluationPassed")["status"] == "False"
+    events = await api.events("ftj-2")
+    assert events[-1]["type"] == "Warning" and events[-1]["reason"] == "MaxRoundsReached"
+
+
+@pytest.mark.parametrize(
+    "name,round_number,trainer_reason,job_reason,expected",
+    [
+        ("diverged", 1, "Diverged", "PodFailurePolicy", "Diverged"),
+        ("oom", 1, "OutOfMemory", "PodFailurePolicy", "OutOfMemory"),
+        ("deadline", 1, None, "DeadlineExceeded", "DeadlineExceeded"),
+        ("backoff", 0, None, "BackoffLimitExceeded", "BackoffLimitExceeded"),
+    ],
+)
+async def test_failure_reasons(api: Any, ftj_operator: Any, trainer: TrainerDouble, name: str, round_number: int,
+                               trainer_reason: str | None, job_reason: str, expected: str) -> None:
+    await api.create(finetune_manifest(name))
+    await _job(api, f"{name}-r0")
+    if round_number == 1:
+        await trainer.succeed(name, 0, 0.3)
+        await _job(api, f"{name}-r1")
+    await trainer.fail(name, round_number, trainer_reason=trainer_reason, job_reason=job_reason,
+                       message="loss is NaN at step 4" if trainer_reason == "Diverged" else "")
+    obj = await api.wait_for_phase("FineTuneJob", name, "Failed")
+    failed = _condition(obj, "Failed")
+    assert failed["reason"] == expected
+    if trainer_reason == "Diverged":
+        assert "round 1 failed: loss is NaN at step 4" in failed["message"]
+    assert (await api.events(name))[-1]["type"] == "Warning"
+    assert await api.get("Job", f"{name}-r{round_number + 1}") is None
+
+
+async def test_without_evaluation_one_round_succeeds(api: Any, ftj_operator: Any, trainer: TrainerDouble) -> None:
+    await api.create(finetune_manifest("plain", evaluation=False))
+    obj = await api.wait_for_phase("FineTuneJob", "plain", "Training")
+    assert "baseline" not in obj["status"]
+    await _job(api, "plain-r1")
+    await trainer.succeed("plain", 1, 0.0)
+    obj = await api.wait_for_phase("FineTuneJob", "plain", "Succeeded")
+    assert obj["status"]["fineTunedModel"].endswith("/round-1/adapter")
+    assert await api.get("Job", "plain-r0") is None
