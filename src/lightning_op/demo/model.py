@@ -14,6 +14,7 @@ adapters on a base model, and a base model has to come from somewhere first. No 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -105,5 +106,11 @@ def build_flawed_base(
             on_progress(step + 1, settings.steps, float(loss.item()))
     model.eval()
     model.save_pretrained(out)
-    (out / "lightning-op-demo.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    (out / "lightning-op-demo.json").write_text(json.dumps(fingerprint(settings), indent=2) + "\n")
     return out
+
+
+def fingerprint(settings: BaseModelSettings) -> dict[str, Any]:
+    """What a built base model depends on: its settings and the exact pre-training rows."""
+    rows = json.dumps(flawed_rows(settings), sort_keys=True).encode()
+    return {**asdict(settings), "rowsSha256": hashlib.sha256(rows).hexdigest()}

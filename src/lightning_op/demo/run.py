@@ -244,11 +244,12 @@ def _prepare_workdir(workdir: Path) -> None:
 
 
 def _cached_base(path: Path, settings: Any) -> bool:
-    from dataclasses import asdict
+    from lightning_op.demo import model as model_mod
 
     marker = path / "lightning-op-demo.json"
     try:
-        return bool(json.loads(marker.read_text()) == asdict(settings)) and (path / "config.json").is_file()
+        wanted = model_mod.fingerprint(settings)
+        return bool(json.loads(marker.read_text()) == wanted) and (path / "config.json").is_file()
     except (OSError, ValueError):
         return False
 

@@ -34,9 +34,10 @@ def open_store(url: str | None = None, *, redaction: object | None = None) -> Ep
 
         return sqlite.SQLiteStore.from_url(url, redactor=redactor)
     if url.startswith("cosmos://"):
-        from lightning_op.store import cosmos
-
-        return cosmos.CosmosStore.from_url(url, redactor=redactor)
+        raise StoreError(
+            f"{url!r}: the Azure Cosmos DB store is not available in this build yet; "
+            "use sqlite:///path/episodes.db"
+        )
     raise StoreError(
         f"unsupported store URL {url!r}: use sqlite:///path/episodes.db or "
         "cosmos://account.documents.azure.com/db/container"

@@ -82,6 +82,11 @@ class RoundSpec:
         config["statusFile"] = str(self.output_dir / "status.json")
         config.pop("initAdapter", None)
         config.pop("resumeFrom", None)
+        evaluation = config.get("evaluation")
+        if isinstance(evaluation, dict) and evaluation.get("evalFile"):
+            # Relative to the config file's directory, which the trainer resolves it against: the
+            # same file either way, and immune to config.py dropping an absolute evalFile (reported).
+            evaluation["evalFile"] = os.path.relpath(evaluation["evalFile"], self.output_dir)
         if self.evaluate_only:
             return config
         config["round"] = self.round

@@ -650,7 +650,10 @@ class _Trainer:
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                self._recover_from_oom(exc)
+                message = str(exc)
+            # Recover outside the except block: the traceback's frames hold the failed pass's
+            # activations, and the memory only comes back once they are gone.
+            self._recover_from_oom(message)
         norm = torch.nn.utils.clip_grad_norm_(self.trainable_params, self.hp.max_grad_norm)
         # The step's only host sync: the loss and the gradient norm, checked before the update.
         loss, grad_norm = torch.stack([total.float(), norm.float()]).tolist()
@@ -664,7 +667,7 @@ class _Trainer:
             )
         return float(loss), tokens, step_targets
 
-    def _recover_from_oom(self, exc: BaseException) -> None:
+    def _recover_from_oom(self, exc: str) -> None:
         import gc
 
         import torch
@@ -692,7 +695,7 @@ class _Trainer:
             microBatchSize=self.pos.micro_batch,
             gradientAccumulation=self.accumulation,
             halvings=self.pos.oom_halvings,
-            message=str(exc)[:500],
+            message=exc[:500],
         )
 
     @property
