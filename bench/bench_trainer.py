@@ -409,6 +409,32 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def describe(name: str) -> tuple[list[dict[str, Any]], list[Any], Any, int, float]:
+    """The config's data, model config, N and FLOPs per token (model on the meta device); printed."""
+    from transformers import AutoConfig
+
+    from lightning_op.training import data, tiny
+
+    spec = CONFIGS[name]
+    rows = make_rows(spec["examples"], spec["seq"])
+    examples, _ = data.tokenize_rows(rows, tiny.build_byte_tokenizer(), spec["seq"])
+    lengths = [len(e) for e in examples]
+    model_spec = dict(spec["model"])
+    config = AutoConfig.for_model(model_spec.pop("model_type"), **model_spec)
+    n_params, per_token = flops_per_token(config, mean_context(lengths))
+    print(
+        f"config {name}: {config.model_type}, {config.num_hidden_layers} layers, "
+        f"hidden {config.hidden_size}, vocab {config.vocab_size}; "
+        f"N = {n_params / 1e6:,.1f}M (all but the input embedding)"
+    )
+    print(
+        f"data: {len(examples)} examples, mean {sum(lengths) / len(lengths):.0f} tokens, seq {spec['seq']}, "
+        f"mean causal context {mean_context(lengths):.0f}"
+    )
+    print(f"FLOPs per trained token = 4N + 12*layers*d_attn*context = {per_token / 1e9:.3f} GFLOP")
+    return rows, examples, config, n_params, per_token
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default=None)
@@ -430,9 +456,6 @@ def main() -> int:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
-    from transformers import AutoConfig
-
-    from lightning_op.training import data, tiny
 
     name = args.config or ("gpu" if torch.cuda.is_available() else "tiny")
     if args.threads is None and not torch.cuda.is_available():
@@ -442,24 +465,9 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     spec = CONFIGS[name]
     steps = args.steps or spec["steps"]
-    rows = make_rows(spec["examples"], spec["seq"])
-    tokenizer = tiny.build_byte_tokenizer()
-    examples, _ = data.tokenize_rows(rows, tokenizer, spec["seq"])
+    rows, examples, config, n_params, per_token = describe(name)
     lengths = [len(e) for e in examples]
     mean_len = sum(lengths) / len(lengths)
-    model_spec = dict(spec["model"])
-    config = AutoConfig.for_model(model_spec.pop("model_type"), **model_spec)
-    n_params, per_token = flops_per_token(config, mean_context(lengths))
-    print(
-        f"config {name}: {config.model_type}, {config.num_hidden_layers} layers, "
-        f"hidden {config.hidden_size}, vocab {config.vocab_size}; "
-        f"N = {n_params / 1e6:,.1f}M (all but the input embedding)"
-    )
-    print(
-        f"data: {len(examples)} examples, mean {mean_len:.0f} tokens, seq {spec['seq']}, "
-        f"mean causal context {mean_context(lengths):.0f}"
-    )
-    print(f"FLOPs per trained token = 4N + 12*layers*d_attn*context = {per_token / 1e9:.3f} GFLOP")
     if args.dry_run:
         return 0
 
@@ -530,7 +538,14 @@ def main() -> int:
     body = "\n".join(lines)
     print(body)
     if args.record:
-        record(body + "\n" + RECORD_NOTE)
+        note = RECORD_NOTE
+        if not cuda:
+            _, _, gpu_config, gpu_n, gpu_per_token = describe("gpu")
+            note += (
+                f"`--config gpu --dry-run`: N = {gpu_n / 1e6:,.1f}M, "
+                f"{gpu_per_token / 1e9:.3f} GFLOP per trained token (its dataset's mean causal context).\n"
+            )
+        record(body + "\n" + note)
     return 0
 
 

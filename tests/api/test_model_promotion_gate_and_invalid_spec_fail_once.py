@@ -18,7 +18,7 @@ import pytest
 
 def promotion(objects, **spec):
     body = objects.example("ModelPromotion", "promote")
-    body["spec"].update(targetRef={"name": "agent"}, model={"fineTuneJobRef": {"name": "ft"}}, **spec)
+    body["spec"].update({"targetRef": {"name": "agent"}, "model": {"fineTuneJobRef": {"name": "ft"}}, **spec})
     return body
 
 

@@ -10,6 +10,7 @@ Contract of ``POST /v1/episodes``:
   as a batch of one) or JSON Lines (``application/x-ndjson``, ``application/jsonl``), UTF-8,
   optionally ``Content-Encoding: gzip``. The body, and the body after decompression, must fit in
   ``max_body_bytes`` (413 otherwise: that is the gzip-bomb guard), with at most ``max_items`` items.
+  JSON is parsed strictly (orjson: no NaN or Infinity literals, no BOM).
 - 200 with per-item results in input order when at least one item was stored or already present (or
   the batch was empty); 422 with the same body when every item was rejected::
 
@@ -17,8 +18,9 @@ Contract of ``POST /v1/episodes``:
        "results": [{"index": 0, "id": "ep-...", "status": "accepted", "reason": null}, ...]}
 
   ``status`` is ``accepted`` (written now), ``duplicate`` (that id is already stored: retries are
-  safe) or ``rejected`` (``reason`` names the fields that were wrong; resending will not help). The
-  good items of a mixed batch are kept. A response is sent only after its episodes are committed.
+  safe) or ``rejected`` (``reason`` names the fields that were wrong, or says the store refused the
+  episode; resending will not help). The good items of a mixed batch are kept. A response is sent
+  only after its episodes are committed.
 - 400: not UTF-8, not JSON, not an array/object, bad gzip; 401: missing or wrong bearer token (when
   a token is configured); 413: too large; 415: unsupported Content-Type or Content-Encoding;
   429 with ``Retry-After``: the write queue is full; 503 with ``Retry-After``: the store cannot write.
@@ -27,6 +29,10 @@ Contract of ``POST /v1/episodes``:
 Writes go through a bounded queue to one writer (SQLite allows one writer): the writer takes every
 batch waiting in the queue, writes them in one ``insert_many`` transaction (group commit) on a
 dedicated thread, and then answers each request. The store is opened, used and closed on that thread.
+The queue holds ``queue_size`` batches (requests); one group commit takes up to ``max_group_episodes``.
+
+On SIGTERM or SIGINT (``serve``) the collector stops listening, lets the requests in flight finish
+(their batches are committed and answered), closes the store and returns.
 
 ``GET /healthz`` (the process answers), ``GET /readyz`` (the store answers a read and the queue has
 room) and ``GET /metrics`` (Prometheus, one registry per app) need no token: probes and scrapers

@@ -1,0 +1,124 @@
+"""A restarted operator continues a ModelPromotion from its status, and never repeats a Deployment change.
+
+Covers: the operator killed (SIGKILL) while the promotion is Verifying, restarted: it finishes the
+verification and ends Promoted with the previous env as first recorded (not re-read from the patched
+Deployment), one env patch in all and one Event per phase; restarted again against the finished
+promotion it writes nothing at all (steady state, timer ticks only). And every crash window the state
+machine is built for, entered by leaving a status as a killed operator would and starting a fresh
+operator on it: the decision to promote recorded but the Deployment not patched yet (patched once),
+the Deployment patched but the status not updated (no second patch), a rollback decided but not done
+(restored once), and a rollback done but not recorded (no patch, RolledBack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+
+import pytest
+
+NOW = datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0)
+PREVIOUS_ENV = [{"name": "TUNED_MODEL_NAME", "present": False}, {"name": "USE_TUNED_MODEL", "present": False}]
+PROMOTED_ENV = [{"name": "USE_TUNED_MODEL", "value": "true"}, {"name": "TUNED_MODEL_NAME", "value": "v2"}]
+
+
+def promotion(objects, window: int = 3):
+    body = objects.example("ModelPromotion", "promote")
+    body["spec"].update(targetRef={"name": "agent"}, model={"name": "v2"})
+    body["spec"]["verification"].update(windowSeconds=window, minEpisodes=5)
+    return body
+
+
+def deployment_spec_writes(api):
+    return [w.method for w in api.writes_since(0, "deployments") if w.subresource is None]
+
+
+def _drive_count(metrics: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+        if line.startswith("lightning_op_reconciles_total{") and 'handler="drive_promotion"' in line
+    )
+
+
+async def test_killed_during_verification_then_restarted_finishes_once(api, operator, objects, store, kubelet):
+    await api.create(objects.agent_deployment())
+    earlier = NOW - datetime.timedelta(minutes=5)
+    store.insert_many(objects.live_episodes("support-agent", "qwen-base", 10, 0.7, at=earlier))
+    await api.create(promotion(objects, window=4))
+    async with kubelet.rolling_out("agent"):
+        await api.wait_for_phase("ModelPromotion", "promote", "Verifying")
+        await operator.kill()
+        store.insert_many(objects.live_episodes("support-agent", "v2", 6, 0.75))
+        await operator.start()
+        obj = await api.wait_for_phase("ModelPromotion", "promote", "Promoted", timeout=15)
+
+    assert obj["status"]["previousEnv"] == PREVIOUS_ENV
+    assert obj["status"]["previousModel"] == "qwen-base"
+    assert deployment_spec_writes(api) == ["POST", "PATCH"]
+    phases = [e["message"].split(":")[0] for e in await api.events("promote") if "->" in e["message"]]
+    assert phases == ["New -> Promoting", "Promoting -> Verifying", "Verifying -> Promoted"]
+
+    await asyncio.sleep(0.3)
+    mark = api.mark()
+    await operator.restart()
+
+    async def ticked() -> bool:
+        return _drive_count(await operator.metrics()) >= 3
+
+    await api.wait_for(ticked, what="three timer ticks of the restarted operator")
+    assert [str(w) for w in api.writes_since(mark)] == []
+
+
+def _condition(type_: str, status: str, reason: str, message: str) -> dict:
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": NOW.isoformat().replace("+00:00", "Z")}
+
+
+ROLLOUT = {"generation": 2, "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+           "availableReplicas": 2, "complete": True, "message": "rolled out"}
+DECIDED = _condition("RolledBack", "Unknown", "Regression", "rolling back: average reward fell 0.400")
+CRASH_WINDOWS = {
+    # Promoting recorded (previousEnv), the operator died before patching the Deployment.
+    "decided-not-patched": (False, {"phase": "Promoting"}, "Verifying", ["POST", "PATCH"], True),
+    # The Deployment was patched, the operator died before recording promotionTime.
+    "patched-not-recorded": (True, {"phase": "Promoting"}, "Verifying", ["POST"], True),
+    # A regression was decided (RolledBack Unknown), the operator died before restoring the env.
+    "rollback-decided": (True, {"phase": "Verifying", "promotionTime": "now", "rollout": ROLLOUT,
+                                "conditions": [DECIDED]}, "RolledBack", ["POST", "PATCH"], False),
+    # The env was restored, the operator died before recording RolledBack.
+    "rollback-done": (False, {"phase": "Verifying", "promotionTime": "now", "rollout": ROLLOUT,
+                              "conditions": [DECIDED]}, "RolledBack", ["POST"], False),
+}
+
+
+@pytest.mark.parametrize(
+    ("patched", "status", "next_phase", "spec_writes", "promoted_env_after"),
+    list(CRASH_WINDOWS.values()), ids=list(CRASH_WINDOWS),
+)
+async def test_resumes_from_each_crash_window(
+    api, operator_process, objects, kubelet, patched, status, next_phase, spec_writes, promoted_env_after
+):
+    deployment = objects.agent_deployment()
+    original_env = list(deployment["spec"]["template"]["spec"]["containers"][0]["env"])
+    if patched:
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"] += PROMOTED_ENV
+    await api.create(deployment)
+    await kubelet.rollout("agent")
+    await api.create(promotion(objects, window=30))
+    left = {**status, "previousEnv": PREVIOUS_ENV, "previousModel": "qwen-base", "promotedModel": "v2",
+            "observedGeneration": 1}
+    if left.get("promotionTime") == "now":
+        left["promotionTime"] = NOW.isoformat().replace("+00:00", "Z")
+    await api.patch("ModelPromotion", "promote", {"status": left}, subresource="status")
+
+    async with kubelet.rolling_out("agent"):
+        await operator_process.start()
+        obj = await api.wait_for_phase("ModelPromotion", "promote", next_phase)
+
+    env = objects.container_env(await api.get("Deployment", "agent"))
+    assert env == (original_env + PROMOTED_ENV if promoted_env_after else original_env)
+    assert deployment_spec_writes(api) == spec_writes
+    assert obj["status"]["previousEnv"] == PREVIOUS_ENV
+    if next_phase == "RolledBack":
+        rolled_back = {c["type"]: c for c in obj["status"]["conditions"]}["RolledBack"]
+        assert (rolled_back["status"], rolled_back["reason"]) == ("True", "Regression")
