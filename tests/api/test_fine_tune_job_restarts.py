@@ -98,7 +98,7 @@ async def test_restart_at_each_step_keeps_one_job_per_round(
     assert obj["status"]["dataset"]["sha256"] == sha
     assert [r["round"] for r in obj["status"]["rounds"]] == [1, 2]
     assert await jobs.check() == ["ftj-r0", "ftj-r1", "ftj-r2"]
-    assert operator_process.starts == 5
+    assert operator_process.starts == 6
 
 
 async def _auto_trainer(trainer: TrainerDouble, api: Any, scores: dict[int, float]) -> None:

@@ -276,8 +276,11 @@ def deterministic_id(episode: Episode) -> str:
     if episode.session_id is None and episode.turn is None:
         # Without session and turn, two identical queries at different times are different episodes.
         content["timestamp"] = episode.timestamp.isoformat()
+    # Round-trip through JSON first: Python callers may use non-string keys (JSON turns them into
+    # strings), and sort_keys cannot order mixed key types.
+    canonical = json.loads(json.dumps(content, ensure_ascii=False, default=str))
     digest = hashlib.sha256(
-        json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     ).hexdigest()
     return f"ep-{digest[:32]}"
 
