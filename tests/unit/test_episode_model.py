@@ -237,5 +237,5 @@ def test_limits_are_inclusive() -> None:
 
 def test_non_string_keys_give_the_same_id_as_their_json_form() -> None:
     """A Python caller's int keys must not crash id derivation, and the id survives the JSON round trip."""
-    episode = Episode(agent_id="a", result={1: "x", "b": 2})
-    assert Episode.model_validate(episode.to_json_dict()).id == episode.id
+    episode = ep.Episode(agent_id="a", result={1: "x", "b": 2})
+    assert ep.Episode.model_validate(episode.to_json_dict()).id == episode.id
