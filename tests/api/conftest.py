@@ -111,12 +111,15 @@ async def emulator() -> AsyncIterator[ApiServerEmulator]:
     server.resources["v1/configmaps"] = {
         "kind": "ConfigMap", "namespaced": True, "verbs": ["get", "create", "patch", "delete"],
     }
-    async with server, kmock_apps.Server(server):
+    async with server, kmock_apps.Server(server) as http:
         url = str(server.url).rstrip("/")
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
         async with aiohttp.ClientSession() as session, session.post(f"{url}/api/v1/namespaces", json=namespace):
             pass
         yield server
+        # A watch whose client went away (the operator was stopped) waits for the next event before it
+        # notices; do not let aiohttp wait its default 60 s for such streams at shutdown.
+        http.server.runner._shutdown_timeout = 0.5  # type: ignore[union-attr]
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ Covers:
 - training lifts the ``tool_selection`` score over the base model's (``evaluate`` baseline), and the
   ``completed`` line carries the score, the losses and the adapter path, which holds a loadable
   adapter; progress lines carry percent, step, loss, tokens/s and ETA;
+- the saved adapter scores the same through ``evaluate_model`` (merged) as reported at the end of
+  training (in memory), and a next round with ``initAdapter`` starts from the trained weights;
 - SIGTERM mid-run writes a checkpoint and exits 143 with a resumable ``Terminated`` status; resuming
   ends within 1% of the uninterrupted run's final loss (same seed, dropout on);
 - an injected NaN loss stops the run with ``Diverged`` (exit 3, status file) before any adapter;
@@ -32,8 +34,9 @@ from typing import Any
 import pytest
 import yaml
 
+from lightning_op import graders
 from lightning_op.training import config as cfg
-from lightning_op.training import local, tiny
+from lightning_op.training import data, evaluate, local, tiny
 
 pytestmark = pytest.mark.slow
 
@@ -216,6 +219,29 @@ def test_sigterm_then_resume_matches_the_uninterrupted_run(workdir: Path, traine
     assert result.steps == trained["events"][-1]["step"]
     assert result.train_loss is not None
     assert abs(result.train_loss - expected) <= 0.01 * expected, (result.train_loss, expected)
+
+
+def test_next_round_starts_from_the_previous_adapter(workdir: Path, trained: dict[str, Any]) -> None:
+    final = trained["events"][-1]
+    rescored = evaluate.evaluate_model(
+        workdir / "tiny",
+        final["adapterPath"],
+        data.read_rows(workdir / "valid.jsonl"),
+        graders.build_grader(graders.load_grader_spec("tool_selection")),
+        48,
+        device="cpu",
+    )
+    assert rescored.score == final["score"]
+
+    def first_loss(**extra: Any) -> float:
+        config = cfg.parse_config({**_config(workdir, "round2", maxSteps=1), **extra}, base_dir=workdir)
+        stream = io.StringIO()
+        local.train(config, writer=local.ProgressWriter(None, stream=stream), handle_sigterm=False)
+        return float(next(e["loss"] for e in _events(stream.getvalue()) if e["event"] == "progress"))
+
+    fresh = first_loss()
+    continued = first_loss(initAdapter=final["adapterPath"], round=2)
+    assert continued < fresh - 0.05, (continued, fresh)
 
 
 def test_nan_loss_stops_with_diverged(workdir: Path) -> None:

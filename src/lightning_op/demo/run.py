@@ -83,12 +83,14 @@ class DemoSettings:
     def base_hidden(self) -> int:
         return 128
 
+    #: how often the base model picks the right tool for the families it gets wrong (sampling)
+    p_right: float = 0.4
     threshold: float = 0.75
     max_rounds: int = 3
     lr_decay: float = 0.6
     min_reward: float = 0.7
-    learning_rate: float = 2e-3
-    epochs: int = 2
+    learning_rate: float = 5e-3
+    epochs: int = 3
     lora_rank: int = 8
     batch_size: int = 8
 
@@ -305,7 +307,7 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
         # 1. the base model
         step("Build the agent's base model (tiny Llama, pre-trained on its flawed tool choices)")
         base_settings = model_mod.BaseModelSettings(
-            hidden_size=settings.base_hidden, steps=settings.base_steps, seed=settings.seed
+            hidden_size=settings.base_hidden, steps=settings.base_steps, p_right=settings.p_right, seed=settings.seed
         )
         base_dir = workdir / "models" / BASE_NAME
         if _cached_base(base_dir, base_settings):

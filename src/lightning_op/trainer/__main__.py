@@ -177,7 +177,12 @@ def run_evaluate(
         )
         _close(grader)
     except (cfg.ConfigError, data.DatasetError, FileNotFoundError) as exc:
-        _emit({"event": "failed", "reason": "InvalidConfig", "message": str(exc), "exitCode": 2})
+        reason = (
+            local.Reason.INVALID_DATASET
+            if isinstance(exc, data.DatasetError)
+            else local.Reason.INVALID_CONFIG
+        )
+        _emit({"event": "failed", "reason": reason.value, "message": str(exc), "exitCode": 2})
         log.error("%s", exc)
         return int(local.ExitCode.BAD_INPUT)
     default_name = "evaluation-adapter.json" if adapter is not None else "evaluation-baseline.json"

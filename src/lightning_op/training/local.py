@@ -16,7 +16,10 @@ checkpoints, failures and progress:
 - Gradient accumulation over a fixed set of rows per optimizer step, the loss normalised by the
   step's target tokens, so the gradient does not depend on how the step is split into micro-batches.
 - Linear, cosine or constant schedule with warmup; gradient clipping; one host sync per optimizer
-  step (the loss, checked for NaN/Inf *before* the update, so a divergence never reaches the weights).
+  step of our own (loss and gradient norm, checked for NaN/Inf *before* the update, so a divergence
+  never reaches the weights). transformers adds one per forward pass when it detects packed
+  ``position_ids`` for eager/sdpa masks; with flash-attention the trainer passes precomputed
+  ``cu_seq_lens`` so none is needed per layer.
 - Checkpoints (adapter + optimizer + scheduler + RNG states + data position) every
   ``checkpointSteps``, on SIGTERM and at the end, written to a temporary directory then renamed.
   ``resumeFrom: auto`` continues from the last one with the same data order and RNG streams.
@@ -27,11 +30,12 @@ Progress goes out as JSON lines on stdout (the protocol the operator and ``start
 and to the status file, rewritten atomically; every line is also appended to
 ``outputDir/progress.jsonl`` for loss curves. Events: ``started``, ``progress``, ``checkpoint``,
 ``oom``, and finally ``completed`` or ``failed`` (``reason``: ``Diverged``, ``OutOfMemory``,
-``Terminated``, ``InvalidConfig``, ``InvalidDataset``, ``Error``). ``ExitCode`` maps reasons to the
-process's exit status.
+``Terminated``, ``InvalidConfig``, ``InvalidDataset``, ``EvaluationFailed``, ``Error``).
+``ExitCode`` maps reasons to the process's exit status.
 
 Test hooks (environment): ``LIGHTNING_TRAINER_INJECT_NAN_AT_STEP=K`` makes optimizer step K's loss
-NaN; ``LIGHTNING_TRAINER_INJECT_OOM=N`` raises an out-of-memory error on the first N forward passes.
+NaN; ``LIGHTNING_TRAINER_INJECT_OOM=N`` raises an out-of-memory error on the first N forward
+passes; ``LIGHTNING_TRAINER_FLATTEN=1`` uses the one-row flash-attention batch layout on any kernel.
 """
 
 from __future__ import annotations

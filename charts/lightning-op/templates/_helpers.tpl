@@ -1,0 +1,167 @@
+{{/*
+Names, labels and the pieces the operator's and the collector's pods share.
+*/}}
+
+{{- define "lightning-op.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name: the release name when it already contains the chart name ("lightning-op"), else
+"<release>-<chart>". Cut to 52 characters so "-collector" and the like still fit in 63.
+*/}}
+{{- define "lightning-op.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "lightning-op.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lightning-op.labels" -}}
+helm.sh/chart: {{ include "lightning-op.chart" . }}
+app.kubernetes.io/name: {{ include "lightning-op.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: lightning-op
+{{- end }}
+
+{{/* Selector labels of one component: include with (dict "ctx" $ "component" "operator"). */}}
+{{- define "lightning-op.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lightning-op.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "lightning-op.componentLabels" -}}
+{{ include "lightning-op.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "lightning-op.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "lightning-op.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* An image reference: include with (dict "image" .Values.operator.image "ctx" $). */}}
+{{- define "lightning-op.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag | toString) }}
+{{- end }}
+
+{{- define "lightning-op.collectorName" -}}
+{{- printf "%s-collector" (include "lightning-op.fullname" .) }}
+{{- end }}
+
+{{- define "lightning-op.collectorUrl" -}}
+{{- printf "http://%s.%s.svc:%v" (include "lightning-op.collectorName" .) .Release.Namespace .Values.collector.service.port }}
+{{- end }}
+
+{{- define "lightning-op.storeClaimName" -}}
+{{- default (printf "%s-store" (include "lightning-op.fullname" .)) .Values.store.sqlite.persistence.existingClaim }}
+{{- end }}
+
+{{- define "lightning-op.modelsClaimName" -}}
+{{- default (printf "%s-models" (include "lightning-op.fullname" .)) .Values.models.persistence.existingClaim }}
+{{- end }}
+
+{{/* Fails the render on settings that cannot work together. */}}
+{{- define "lightning-op.validate" -}}
+{{- if not (has .Values.store.type (list "sqlite" "cosmos")) }}
+{{- fail (printf "store.type %q is not supported: use sqlite or cosmos" (toString .Values.store.type)) }}
+{{- end }}
+{{- if and (eq .Values.store.type "sqlite") (gt (int .Values.collector.replicas) 1) }}
+{{- fail (printf "collector.replicas is %v but store.type sqlite allows one writer: set collector.replicas=1, or use store.type cosmos" .Values.collector.replicas) }}
+{{- end }}
+{{- if and (eq .Values.store.type "cosmos") (not .Values.store.cosmos.url) (not .Values.store.cosmos.existingSecret.name) }}
+{{- fail "store.type cosmos needs store.cosmos.existingSecret.name (a Secret holding the store URL) or store.cosmos.url (with workload identity)" }}
+{{- end }}
+{{- end }}
+
+{{/* The store URL (LIGHTNING_STORE) as one env entry. */}}
+{{- define "lightning-op.storeEnv" -}}
+- name: LIGHTNING_STORE
+{{- if eq .Values.store.type "sqlite" }}
+  value: {{ printf "sqlite:///%s/episodes.db" .Values.store.sqlite.mountPath | quote }}
+{{- else if .Values.store.cosmos.existingSecret.name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.store.cosmos.existingSecret.name }}
+      key: {{ .Values.store.cosmos.existingSecret.key }}
+{{- else }}
+  value: {{ .Values.store.cosmos.url | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The restricted Pod Security profile, pod level. */}}
+{{- define "lightning-op.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* The restricted Pod Security profile, container level. */}}
+{{- define "lightning-op.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Pod labels and annotations shared by both components. */}}
+{{- define "lightning-op.podMetadata" -}}
+labels:
+  {{- include "lightning-op.selectorLabels" . | nindent 2 }}
+  {{- with .ctx.Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .ctx.Values.podAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A PersistentVolumeClaim: include with (dict "ctx" $ "name" NAME "persistence" VALUES). */}}
+{{- define "lightning-op.claim" -}}
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "lightning-op.labels" .ctx | nindent 4 }}
+  {{- if .persistence.keep }}
+  annotations:
+    # Uninstalling the release leaves the data.
+    helm.sh/resource-policy: keep
+  {{- end }}
+spec:
+  accessModes:
+    {{- toYaml .persistence.accessModes | nindent 4 }}
+  {{- with .persistence.storageClass }}
+  storageClassName: {{ . | quote }}
+  {{- end }}
+  resources:
+    requests:
+      storage: {{ .persistence.size }}
+{{- end }}
