@@ -32,6 +32,8 @@ bench: $(STAMP)
 
 crds: $(STAMP)
 	$(VENV)/bin/lightning-op crds --output-dir crds
+	cp crds/*.lightning-op.dev.yaml charts/lightning-op/crds/
+	cp crds/rbac.yaml charts/lightning-op/files/rbac.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-output

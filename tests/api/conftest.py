@@ -109,12 +109,17 @@ async def emulator() -> AsyncIterator[ApiServerEmulator]:
         },
     )
     server.resources["v1/configmaps"] = {
-        "kind": "ConfigMap", "namespaced": True, "verbs": ["get", "create", "patch", "delete"],
+        "kind": "ConfigMap",
+        "namespaced": True,
+        "verbs": ["get", "create", "patch", "delete"],
     }
     async with server, kmock_apps.Server(server) as http:
         url = str(server.url).rstrip("/")
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-        async with aiohttp.ClientSession() as session, session.post(f"{url}/api/v1/namespaces", json=namespace):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/api/v1/namespaces", json=namespace),
+        ):
             pass
         yield server
         # A watch whose client went away (the operator was stopped) waits for the next event before it
@@ -215,7 +220,9 @@ class Api:
                 errors = crd_validation.validate(CRDS[kind], obj)
                 if errors:
                     raise ApiError(422, "; ".join(str(e) for e in errors))
-            defaulted = crd_validation.apply_defaults(schema, {k: v for k, v in obj.items() if k != "metadata"})
+            defaulted = crd_validation.apply_defaults(
+                schema, {k: v for k, v in obj.items() if k != "metadata"}
+            )
             obj = {**defaulted, "metadata": obj["metadata"]}
         result: dict[str, Any] = await self._request("POST", _path(kind, namespace), obj)
         return result
@@ -229,7 +236,9 @@ class Api:
             raise
         return result
 
-    async def list(self, kind: str, namespace: str = NAMESPACE, selector: str | None = None) -> list[dict[str, Any]]:
+    async def list(
+        self, kind: str, namespace: str = NAMESPACE, selector: str | None = None
+    ) -> list[dict[str, Any]]:
         params = {"labelSelector": selector} if selector else {}
         data = await self._request("GET", _path(kind, namespace), params=params)
         items: list[dict[str, Any]] = data.get("items") or []
@@ -238,7 +247,9 @@ class Api:
     async def patch(
         self, kind: str, name: str, patch: Any, namespace: str = NAMESPACE, subresource: str | None = None
     ) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("PATCH", _path(kind, namespace, name, subresource), patch)
+        result: dict[str, Any] = await self._request(
+            "PATCH", _path(kind, namespace, name, subresource), patch
+        )
         return result
 
     async def delete(self, kind: str, name: str, namespace: str = NAMESPACE) -> None:
@@ -261,7 +272,9 @@ class Api:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what or check}; last: {value!r}")
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what or check}; last: {value!r}"
+                )
             await asyncio.sleep(interval)
 
     async def wait_for_phase(
@@ -292,9 +305,17 @@ class Api:
                 continue
             if plural is not None and request.resource.plural != plural:
                 continue
+            name = request.name
+            if name is None and isinstance(request.data, dict):
+                name = (request.data.get("metadata") or {}).get("name")  # a create names it in the body
             calls.append(
-                WriteCall(str(request.method.value), str(request.resource.plural), request.name,
-                          request.subresource, request.data)
+                WriteCall(
+                    str(request.method.value),
+                    str(request.resource.plural),
+                    name,
+                    request.subresource,
+                    request.data,
+                )
             )
         return calls
 
@@ -316,52 +337,109 @@ class Kubelet:
         self.logs: dict[tuple[str, str], bytes] = {}
 
     async def job_succeeded(self, name: str, namespace: str = NAMESPACE) -> None:
-        await self.api.patch("Job", name, {"status": {
-            "succeeded": 1, "active": 0, "startTime": _now(), "completionTime": _now(),
-            "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": _now()}],
-        }}, namespace, subresource="status")
+        await self.api.patch(
+            "Job",
+            name,
+            {
+                "status": {
+                    "succeeded": 1,
+                    "active": 0,
+                    "startTime": _now(),
+                    "completionTime": _now(),
+                    "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": _now()}],
+                }
+            },
+            namespace,
+            subresource="status",
+        )
 
-    async def job_failed(self, name: str, reason: str = "BackoffLimitExceeded", namespace: str = NAMESPACE) -> None:
-        await self.api.patch("Job", name, {"status": {
-            "failed": 1, "active": 0, "startTime": _now(),
-            "conditions": [{"type": "Failed", "status": "True", "reason": reason,
+    async def job_failed(
+        self, name: str, reason: str = "BackoffLimitExceeded", namespace: str = NAMESPACE
+    ) -> None:
+        await self.api.patch(
+            "Job",
+            name,
+            {
+                "status": {
+                    "failed": 1,
+                    "active": 0,
+                    "startTime": _now(),
+                    "conditions": [
+                        {
+                            "type": "Failed",
+                            "status": "True",
+                            "reason": reason,
                             "message": "Job has reached the specified backoff limit",
-                            "lastTransitionTime": _now()}],
-        }}, namespace, subresource="status")
+                            "lastTransitionTime": _now(),
+                        }
+                    ],
+                }
+            },
+            namespace,
+            subresource="status",
+        )
 
     async def rollout(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
         """The Deployment's current generation is rolled out: every replica updated and available."""
         deployment = await self.api.get("Deployment", name, namespace)
         assert deployment is not None, f"no Deployment {namespace}/{name}"
         replicas = int(deployment.get("spec", {}).get("replicas", 1))
-        return await self.api.patch("Deployment", name, {"status": {
-            "observedGeneration": deployment["metadata"]["generation"],
-            "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas,
-            "availableReplicas": replicas, "unavailableReplicas": None,
-            "conditions": [
-                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
-                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
-            ],
-        }}, namespace, subresource="status")
+        return await self.api.patch(
+            "Deployment",
+            name,
+            {
+                "status": {
+                    "observedGeneration": deployment["metadata"]["generation"],
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "readyReplicas": replicas,
+                    "availableReplicas": replicas,
+                    "unavailableReplicas": None,
+                    "conditions": [
+                        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+                    ],
+                }
+            },
+            namespace,
+            subresource="status",
+        )
 
     async def rollout_stuck(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
         """The Deployment's new pods never became ready: Progressing False, ProgressDeadlineExceeded."""
         deployment = await self.api.get("Deployment", name, namespace)
         assert deployment is not None, f"no Deployment {namespace}/{name}"
         replicas = int(deployment.get("spec", {}).get("replicas", 1))
-        return await self.api.patch("Deployment", name, {"status": {
-            "observedGeneration": deployment["metadata"]["generation"],
-            "replicas": replicas + 1, "updatedReplicas": 1, "readyReplicas": replicas,
-            "availableReplicas": replicas, "unavailableReplicas": 1,
-            "conditions": [
-                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
-                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-                 "message": f'ReplicaSet "{name}-7d9f" has timed out progressing.'},
-            ],
-        }}, namespace, subresource="status")
+        return await self.api.patch(
+            "Deployment",
+            name,
+            {
+                "status": {
+                    "observedGeneration": deployment["metadata"]["generation"],
+                    "replicas": replicas + 1,
+                    "updatedReplicas": 1,
+                    "readyReplicas": replicas,
+                    "availableReplicas": replicas,
+                    "unavailableReplicas": 1,
+                    "conditions": [
+                        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                        {
+                            "type": "Progressing",
+                            "status": "False",
+                            "reason": "ProgressDeadlineExceeded",
+                            "message": f'ReplicaSet "{name}-7d9f" has timed out progressing.',
+                        },
+                    ],
+                }
+            },
+            namespace,
+            subresource="status",
+        )
 
     @contextlib.asynccontextmanager
-    async def rolling_out(self, name: str, namespace: str = NAMESPACE, delay: float = 0.1) -> AsyncIterator[None]:
+    async def rolling_out(
+        self, name: str, namespace: str = NAMESPACE, delay: float = 0.1
+    ) -> AsyncIterator[None]:
         """While inside, every new generation of the Deployment rolls out after ``delay`` seconds."""
 
         async def loop() -> None:
@@ -383,16 +461,27 @@ class Kubelet:
                 await task
 
     async def serve_pod(
-        self, job_name: str, pod_name: str, log: bytes | str = b"", phase: str = "Running",
+        self,
+        job_name: str,
+        pod_name: str,
+        log: bytes | str = b"",
+        phase: str = "Running",
         namespace: str = NAMESPACE,
     ) -> dict[str, Any]:
         """A Pod of the Job (label ``job-name``) whose log is served at ``.../pods/NAME/log``;
         ``set_log`` replaces the log later."""
-        pod = await self.api.create({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod_name, "labels": {"job-name": job_name, "batch.kubernetes.io/job-name": job_name}},
-            "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
-        }, namespace)
+        pod = await self.api.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name,
+                    "labels": {"job-name": job_name, "batch.kubernetes.io/job-name": job_name},
+                },
+                "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
+            },
+            namespace,
+        )
         await self.api.patch("Pod", pod_name, {"status": {"phase": phase}}, namespace, subresource="status")
         key = (namespace, pod_name)
         first = key not in self.logs
@@ -453,10 +542,24 @@ class OperatorProcess:
             log.write(f"\n===== operator start #{self.starts} =====\n")
             log.flush()
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "lightning_op.cli", "-v", "operator",
-                "--store", self.store_url, "--namespace", self.namespace,
-                "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=environ, cwd=REPO,
+                sys.executable,
+                "-m",
+                "lightning_op.cli",
+                "-v",
+                "operator",
+                "--store",
+                self.store_url,
+                "--namespace",
+                self.namespace,
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(self.port),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=environ,
+                cwd=REPO,
             )
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
@@ -510,7 +613,7 @@ async def operator_process(
     try:
         yield process
     finally:
-        await process.stop()
+        await process.kill()  # tests that need a graceful stop call stop() themselves
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             sys.stderr.write(f"\n----- operator log -----\n{process.log[-20000:]}\n")
@@ -551,12 +654,17 @@ def agent_deployment(name: str = "agent", replicas: int = 2) -> dict[str, Any]:
                             "env": [
                                 {"name": "MODEL_NAME", "value": "qwen-base"},
                                 {"name": "LOG_LEVEL", "value": "info"},
-                                {"name": "OPENAI_API_KEY",
-                                 "valueFrom": {"secretKeyRef": {"name": "agent-keys", "key": "openai"}}},
+                                {
+                                    "name": "OPENAI_API_KEY",
+                                    "valueFrom": {"secretKeyRef": {"name": "agent-keys", "key": "openai"}},
+                                },
                             ],
                         },
-                        {"name": "proxy", "image": "registry.example/proxy:2",
-                         "env": [{"name": "MODE", "value": "sidecar"}]},
+                        {
+                            "name": "proxy",
+                            "image": "registry.example/proxy:2",
+                            "env": [{"name": "MODE", "value": "sidecar"}],
+                        },
                     ]
                 },
             },
@@ -579,16 +687,26 @@ def env_dict(deployment: Mapping[str, Any] | None, container: str = "agent") -> 
 
 def example(kind: str, name: str) -> dict[str, Any]:
     """The walkthrough's example manifest of ``kind`` (examples/*.yaml), renamed, namespace ``test``."""
-    files = {"EpisodeCapture": "capture.yaml", "RewardLabeling": "labeling.yaml",
-             "FineTuneJob": "finetune.yaml", "ModelPromotion": "promotion.yaml"}
+    files = {
+        "EpisodeCapture": "capture.yaml",
+        "RewardLabeling": "labeling.yaml",
+        "FineTuneJob": "finetune.yaml",
+        "ModelPromotion": "promotion.yaml",
+    }
     body: dict[str, Any] = yaml.safe_load((REPO / "examples" / files[kind]).read_text(encoding="utf-8"))
     body["metadata"] = {"name": name, "namespace": NAMESPACE}
     return body
 
 
 def live_episodes(
-    agent: str, model: str, n: int, reward: float | None, *, errors: int = 0,
-    at: datetime.datetime | None = None, prefix: str = "",
+    agent: str,
+    model: str,
+    n: int,
+    reward: float | None,
+    *,
+    errors: int = 0,
+    at: datetime.datetime | None = None,
+    prefix: str = "",
 ) -> list[Any]:
     """``n`` live episodes of ``model`` (the first ``errors`` with an error), labeled with ``reward``."""
     from lightning_op.api import episode as ep
@@ -596,9 +714,14 @@ def live_episodes(
     when = at or datetime.datetime.now(tz=datetime.UTC)
     return [
         ep.Episode(
-            id=f"{prefix or model}-{i}".replace("/", "_"), agent_id=agent, model_version=model,
-            timestamp=when - datetime.timedelta(milliseconds=i), state=ep.State(query=f"q{i}"),
-            result="ok", reward=reward, error="tool timed out" if i < errors else None,
+            id=f"{prefix or model}-{i}".replace("/", "_"),
+            agent_id=agent,
+            model_version=model,
+            timestamp=when - datetime.timedelta(milliseconds=i),
+            state=ep.State(query=f"q{i}"),
+            result="ok",
+            reward=reward,
+            error="tool timed out" if i < errors else None,
         )
         for i in range(n)
     ]

@@ -2,11 +2,13 @@
 
 Covers: creation patches exactly the four capture variables onto the named container (the
 container's other env, a ``valueFrom`` entry included, and the sidecar are untouched) and reaches
-phase Active with Ready and CaptureEnabled conditions and a ``New -> Active`` Event;
-``episodesCaptured`` and ``lastEpisodeTime`` follow the store on the timer; ``enabled: false``
-removes exactly those variables (phase Disabled, Event), re-enabling sets them again; deleting the
-object removes them and the finalizer lets the object go; a missing Deployment is phase Pending with
-a TargetNotFound condition and recovers once the Deployment appears, with retries spaced by the
+phase Active with Ready and CaptureEnabled conditions, a ``New -> Active`` Event and the object in
+``lightning_op_objects{phase="Active"}``; ``episodesCaptured`` and ``lastEpisodeTime`` follow the store
+on the timer, after ``retention.ttlDays`` purged the agent's older episodes; moving ``targetRef`` to
+another Deployment removes the variables from the first and sets them on the second; ``enabled:
+false`` removes exactly those variables (phase Disabled, Event), re-enabling sets them again; deleting
+the object removes them and the finalizer lets the object go. A missing Deployment is phase Pending
+with a TargetNotFound condition and recovers once the Deployment appears, with retries spaced by the
 retry delay (no storm).
 """
 
@@ -23,7 +25,11 @@ CAPTURE = {
     "apiVersion": constants.API_VERSION,
     "kind": "EpisodeCapture",
     "metadata": {"name": "support-bot"},
-    "spec": {"targetRef": {"kind": "Deployment", "name": "agent", "container": "agent"}, "samplingRate": 0.25},
+    "spec": {
+        "targetRef": {"kind": "Deployment", "name": "agent", "container": "agent"},
+        "samplingRate": 0.25,
+        "retention": {"ttlDays": 30},
+    },
 }
 CAPTURE_VARS = {
     "ENABLE_EPISODE_CAPTURE": "true",
@@ -31,13 +37,18 @@ CAPTURE_VARS = {
     "EPISODE_AGENT_ID": "support-bot",
     "EPISODE_SAMPLING_RATE": "0.25",
 }
+BASE = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)
 
 
-def episodes(n: int, start: int = 0, agent: str = "support-bot") -> list[ep.Episode]:
-    base = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+def episodes(n: int, start: int = 0, agent: str = "support-bot", base: datetime = BASE) -> list[ep.Episode]:
     return [
-        ep.Episode(id=f"e-{agent}-{i}", agent_id=agent, timestamp=base + timedelta(minutes=i),
-                   state=ep.State(query=f"question {i}"), result="ok")
+        ep.Episode(
+            id=f"e-{agent}-{base:%Y%m%d}-{i}",
+            agent_id=agent,
+            timestamp=base + timedelta(minutes=i),
+            state=ep.State(query=f"question {i}"),
+            result="ok",
+        )
         for i in range(start, start + n)
     ]
 
@@ -50,7 +61,7 @@ async def test_capture_from_creation_to_deletion(api, operator, objects, store):
     deployment = await api.create(objects.agent_deployment())
     original_agent_env = objects.container_env(deployment, "agent")
     original_proxy_env = objects.container_env(deployment, "proxy")
-    store.insert_many(episodes(3))
+    store.insert_many(episodes(3) + episodes(2, base=BASE - timedelta(days=40)))  # two past retention
 
     await api.create(CAPTURE)
     obj = await api.wait_for_phase("EpisodeCapture", "support-bot", "Active")
@@ -64,24 +75,37 @@ async def test_capture_from_creation_to_deletion(api, operator, objects, store):
     assert conditions(obj)["Ready"]["status"] == "True"
     assert conditions(obj)["CaptureEnabled"]["reason"] == "CaptureEnabled"
     assert constants.FINALIZER in obj["metadata"]["finalizers"]
+    assert 'lightning_op_objects{kind="EpisodeCapture",phase="Active"} 1.0' in await operator.metrics()
 
     async def figures() -> dict[str, Any] | None:
         status = ((await api.get("EpisodeCapture", "support-bot")) or {}).get("status", {})
         return status if status.get("episodesCaptured") == 3 else None
 
     status = await api.wait_for(figures, what="episodesCaptured == 3")
-    assert status["lastEpisodeTime"] == "2026-03-01T12:02:00Z"
+    assert status["lastEpisodeTime"] == (BASE + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert store.count(agent_id="support-bot") == 3  # the two older than ttlDays were purged
     store.insert_many(episodes(2, start=3) + episodes(4, agent="other-bot"))
     await api.wait_for(lambda: _captured(api, 5), what="episodesCaptured == 5")
 
+    await api.create(objects.agent_deployment("agent-2"))
+    await api.patch("EpisodeCapture", "support-bot", {"spec": {"targetRef": {"name": "agent-2"}}})
+
+    async def moved() -> bool:
+        return (
+            objects.env_dict(await api.get("Deployment", "agent-2")).get("EPISODE_AGENT_ID") == "support-bot"
+        )
+
+    await api.wait_for(moved, what="capture env on agent-2")
+    assert objects.container_env(await api.get("Deployment", "agent"), "agent") == original_agent_env
+
     await api.patch("EpisodeCapture", "support-bot", {"spec": {"enabled": False}})
     obj = await api.wait_for_phase("EpisodeCapture", "support-bot", "Disabled")
-    assert objects.container_env(await api.get("Deployment", "agent"), "agent") == original_agent_env
+    assert objects.container_env(await api.get("Deployment", "agent-2"), "agent") == original_agent_env
     assert conditions(obj)["CaptureEnabled"]["status"] == "False"
 
     await api.patch("EpisodeCapture", "support-bot", {"spec": {"enabled": True}})
     await api.wait_for_phase("EpisodeCapture", "support-bot", "Active")
-    assert objects.env_dict(await api.get("Deployment", "agent"))["ENABLE_EPISODE_CAPTURE"] == "true"
+    assert objects.env_dict(await api.get("Deployment", "agent-2"))["ENABLE_EPISODE_CAPTURE"] == "true"
 
     await api.delete("EpisodeCapture", "support-bot")
 
@@ -89,13 +113,16 @@ async def test_capture_from_creation_to_deletion(api, operator, objects, store):
         return await api.get("EpisodeCapture", "support-bot") is None
 
     await api.wait_for(gone, what="the EpisodeCapture to be deleted")
-    deployment = await api.get("Deployment", "agent")
-    assert objects.container_env(deployment, "agent") == original_agent_env
-    assert objects.container_env(deployment, "proxy") == original_proxy_env
+    for name in ("agent", "agent-2"):
+        deployment = await api.get("Deployment", name)
+        assert objects.container_env(deployment, "agent") == original_agent_env
+        assert objects.container_env(deployment, "proxy") == original_proxy_env
 
     events = [(e["type"], e["reason"], e["message"]) for e in await api.events("support-bot")]
     assert [m.split(":")[0] for _, _, m in events] == [
-        "New -> Active", "Active -> Disabled", "Disabled -> Active",
+        "New -> Active",
+        "Active -> Disabled",
+        "Disabled -> Active",
     ], events
     assert all(t == "Normal" for t, _, _ in events)
 
@@ -130,6 +157,7 @@ async def test_missing_deployment_is_pending_then_recovers_without_a_retry_storm
 
 def _deployment_gets(api: Any) -> int:
     return sum(
-        1 for r in api.emulator
+        1
+        for r in api.emulator
         if r.method == "GET" and r.resource is not None and r.resource.plural == "deployments" and r.name
     )

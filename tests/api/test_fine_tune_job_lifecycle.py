@@ -52,8 +52,9 @@ async def _job(api: Any, name: str) -> dict[str, Any]:
     return await api.wait_for(lambda: api.get("Job", name), timeout=10, what=f"Job {name}")
 
 
-async def test_rounds_until_the_threshold_is_met(api: Any, ftj_operator: Any, trainer: TrainerDouble,
-                                                 models_dir: Path) -> None:
+async def test_rounds_until_the_threshold_is_met(
+    api: Any, ftj_operator: Any, trainer: TrainerDouble, models_dir: Path
+) -> None:
     await api.create(finetune_manifest("ftj-1"))
     obj = await api.wait_for_phase("FineTuneJob", "ftj-1", "Evaluating")
     dataset = obj["status"]["dataset"]
@@ -107,10 +108,20 @@ async def test_rounds_until_the_threshold_is_met(api: Any, ftj_operator: Any, tr
     status = obj["status"]
     adapter = layout.in_trainer(layout.round_dir(2) / "adapter")
     assert status["fineTunedModel"] == adapter
-    assert status["result"] == {"score": 0.8, "improvements": 2, "regressions": 0, "examples": 4, "passed": True}
+    assert status["result"] == {
+        "score": 0.8,
+        "improvements": 2,
+        "regressions": 0,
+        "examples": 4,
+        "passed": True,
+    }
     assert [r["round"] for r in status["rounds"]] == [1, 2]
     assert status["rounds"][1] == {
-        "round": 2, "learningRate": pytest.approx(0.0005), "trainLoss": 0.5, "validLoss": 0.75, "score": 0.8,
+        "round": 2,
+        "learningRate": pytest.approx(0.0005),
+        "trainLoss": 0.5,
+        "validLoss": 0.75,
+        "score": 0.8,
         "checkpoint": adapter,
     }
     assert status["progress"]["percent"] == 100
@@ -121,7 +132,9 @@ async def test_rounds_until_the_threshold_is_met(api: Any, ftj_operator: Any, tr
     events = [(e["type"], e["reason"], e["message"]) for e in await api.events("ftj-1")]
     transitions = [m.split(":")[0] for _, _, m in events]
     assert transitions == [
-        "New -> BuildingDataset", "BuildingDataset -> Evaluating", "Evaluating -> Training",
+        "New -> BuildingDataset",
+        "BuildingDataset -> Evaluating",
+        "Evaluating -> Training",
         "Training -> Succeeded",
     ], events
     assert all(t == "Normal" for t, _, _ in events)
@@ -139,8 +152,9 @@ async def _sleep_ticks() -> None:
     await asyncio.sleep(1.0)
 
 
-async def test_max_rounds_below_threshold_fails_with_the_best_round(api: Any, ftj_operator: Any,
-                                                                     trainer: TrainerDouble) -> None:
+async def test_max_rounds_below_threshold_fails_with_the_best_round(
+    api: Any, ftj_operator: Any, trainer: TrainerDouble
+) -> None:
     manifest = finetune_manifest("ftj-2")
     manifest["spec"]["evaluation"]["maxRounds"] = 2
     await api.create(manifest)
@@ -172,15 +186,28 @@ async def test_max_rounds_below_threshold_fails_with_the_best_round(api: Any, ft
         ("backoff", 0, None, "BackoffLimitExceeded", "BackoffLimitExceeded"),
     ],
 )
-async def test_failure_reasons(api: Any, ftj_operator: Any, trainer: TrainerDouble, name: str, round_number: int,
-                               trainer_reason: str | None, job_reason: str, expected: str) -> None:
+async def test_failure_reasons(
+    api: Any,
+    ftj_operator: Any,
+    trainer: TrainerDouble,
+    name: str,
+    round_number: int,
+    trainer_reason: str | None,
+    job_reason: str,
+    expected: str,
+) -> None:
     await api.create(finetune_manifest(name))
     await _job(api, f"{name}-r0")
     if round_number == 1:
         await trainer.succeed(name, 0, 0.3)
         await _job(api, f"{name}-r1")
-    await trainer.fail(name, round_number, trainer_reason=trainer_reason, job_reason=job_reason,
-                       message="loss is NaN at step 4" if trainer_reason == "Diverged" else "")
+    await trainer.fail(
+        name,
+        round_number,
+        trainer_reason=trainer_reason,
+        job_reason=job_reason,
+        message="loss is NaN at step 4" if trainer_reason == "Diverged" else "",
+    )
     obj = await api.wait_for_phase("FineTuneJob", name, "Failed")
     failed = _condition(obj, "Failed")
     assert failed["reason"] == expected
@@ -190,7 +217,9 @@ async def test_failure_reasons(api: Any, ftj_operator: Any, trainer: TrainerDoub
     assert await api.get("Job", f"{name}-r{round_number + 1}") is None
 
 
-async def test_without_evaluation_one_round_succeeds(api: Any, ftj_operator: Any, trainer: TrainerDouble) -> None:
+async def test_without_evaluation_one_round_succeeds(
+    api: Any, ftj_operator: Any, trainer: TrainerDouble
+) -> None:
     await api.create(finetune_manifest("plain", evaluation=False))
     obj = await api.wait_for_phase("FineTuneJob", "plain", "Training")
     assert "baseline" not in obj["status"]

@@ -1,87 +1,101 @@
 """A promotion whose gate fails, or whose spec is invalid, ends in Failed once, without touching the
 Deployment and without a retry storm.
 
-Covers: a FineTuneJob that Succeeded with too small an improvement (below ``gate.minImprovement``) or
-too many regressed examples (above ``gate.maxRegression``), and one that Failed, end the promotion in
-phase Failed with reason GateFailed and a message with the figures; a spec an older CRD would let
-through (both ``model.name`` and ``model.fineTuneJobRef``; equal env names) ends in Failed with reason
-InvalidSpec and a message naming the field. In every case the Deployment is never patched and, over
-ten timer ticks, the operator writes nothing; fixing the invalid spec starts the promotion over.
+Covers: FineTuneJobs that Succeeded with too small an improvement (below ``gate.minImprovement``) or
+too many regressed examples (above ``gate.maxRegression``), and one that Failed, end their promotions
+in phase Failed with reason GateFailed, a message with the figures and one Warning Event; specs an
+older CRD would let through (both ``model.name`` and ``model.fineTuneJobRef``; equal env names) end in
+Failed with reason InvalidSpec and a message naming the field. In every case the Deployment is never
+patched and, over several timer ticks, the operator writes nothing; fixing an invalid spec starts the
+promotion over.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
+GATE_CASES = {
+    "too-little": (
+        {
+            "phase": "Succeeded",
+            "baseline": {"score": 0.70},
+            "fineTunedModel": "/models/a",
+            "result": {"score": 0.72, "examples": 50, "regressions": 0},
+        },
+        "score improved +0.020 (0.700 -> 0.720), less than spec.gate.minImprovement +0.050",
+    ),
+    "regressed": (
+        {
+            "phase": "Succeeded",
+            "baseline": {"score": 0.40},
+            "fineTunedModel": "/models/b",
+            "result": {"score": 0.90, "examples": 50, "regressions": 5},
+        },
+        "5 of 50 examples regressed (0.100), more than spec.gate.maxRegression 0.050",
+    ),
+    "ft-failed": ({"phase": "Failed"}, "FineTuneJob ft-ft-failed failed"),
+}
+INVALID_CASES = {
+    "two-models": (
+        {"model": {"name": "v2", "fineTuneJobRef": {"name": "ft"}}},
+        "spec.model",
+        {"model": {"name": "v2", "fineTuneJobRef": None}},
+    ),
+    "same-env": (
+        {"model": {"name": "v2"}, "env": {"useTunedModel": "X", "modelName": "X"}},
+        "spec.env.modelName",
+        {"env": {"modelName": "Y"}},
+    ),
+}
 
 
-def promotion(objects, **spec):
-    body = objects.example("ModelPromotion", "promote")
-    body["spec"].update({"targetRef": {"name": "agent"}, "model": {"fineTuneJobRef": {"name": "ft"}}, **spec})
+def promotion(objects, name: str, **spec):
+    body = objects.example("ModelPromotion", name)
+    body["spec"].update({"targetRef": {"name": "agent"}, "model": {"fineTuneJobRef": {"name": f"ft-{name}"}}})
+    body["spec"].update(spec)
     return body
 
 
-async def _no_writes_for_a_while(api, seconds: float = 2.0) -> None:
-    await asyncio.sleep(0.3)  # the Failed status and its Event land
+async def _no_writes_for_a_while(api, deployments: int, seconds: float = 1.5) -> None:
+    await asyncio.sleep(0.3)  # the Failed statuses and their Events land
     mark = api.mark()
     await asyncio.sleep(seconds)
     assert [str(w) for w in api.writes_since(mark)] == []
-    assert [w.method for w in api.writes_since(0, "deployments")] == ["POST"]
+    assert [w.method for w in api.writes_since(0, "deployments")] == ["POST"] * deployments
 
 
-@pytest.mark.parametrize(
-    ("ft_status", "message"),
-    [
-        pytest.param(
-            {"phase": "Succeeded", "baseline": {"score": 0.70}, "result": {"score": 0.72, "examples": 50,
-             "regressions": 0}, "fineTunedModel": "/models/ft"},
-            "score improved +0.020 (0.700 -> 0.720), less than spec.gate.minImprovement +0.050",
-            id="improvement-too-small",
-        ),
-        pytest.param(
-            {"phase": "Succeeded", "baseline": {"score": 0.40}, "result": {"score": 0.90, "examples": 50,
-             "regressions": 5}, "fineTunedModel": "/models/ft"},
-            "5 of 50 examples regressed (0.100), more than spec.gate.maxRegression 0.050",
-            id="too-many-regressions",
-        ),
-        pytest.param({"phase": "Failed"}, "FineTuneJob ft failed", id="finetune-failed"),
-    ],
-)
-async def test_failed_gate_fails_the_promotion_once(api, operator_process, objects, ft_status, message):
-    await operator_process.start(LIGHTNING_CONTROLLERS="promotion")
+async def test_failed_gates_fail_their_promotions_once(api, operator_process, objects):
+    await operator_process.start(LIGHTNING_CONTROLLERS="promotion")  # the FineTuneJob status is the test's
     await api.create(objects.agent_deployment())
-    await api.create(objects.example("FineTuneJob", "ft"))
-    await api.patch("FineTuneJob", "ft", {"status": ft_status}, subresource="status")
-    await api.create(promotion(objects))
-    obj = await api.wait_for_phase("ModelPromotion", "promote", "Failed")
-    failed = {c["type"]: c for c in obj["status"]["conditions"]}["Failed"]
-    assert failed["reason"] == "GateFailed"
-    assert message in failed["message"]
-    await _no_writes_for_a_while(api)
-    events = await api.events("promote")
-    assert [(e["type"], e["reason"]) for e in events] == [("Warning", "GateFailed")]
+    for name, (ft_status, _) in GATE_CASES.items():
+        await api.create(objects.example("FineTuneJob", f"ft-{name}"))
+        await api.patch("FineTuneJob", f"ft-{name}", {"status": ft_status}, subresource="status")
+        await api.create(promotion(objects, name))
+
+    for name, (_, message) in GATE_CASES.items():
+        obj = await api.wait_for_phase("ModelPromotion", name, "Failed")
+        failed = {c["type"]: c for c in obj["status"]["conditions"]}["Failed"]
+        assert failed["reason"] == "GateFailed", name
+        assert message in failed["message"], name
+    await _no_writes_for_a_while(api, deployments=1)
+    for name in GATE_CASES:
+        events = await api.events(name)
+        assert [(e["type"], e["reason"]) for e in events] == [("Warning", "GateFailed")], name
 
 
-@pytest.mark.parametrize(
-    ("bad", "field"),
-    [
-        pytest.param({"model": {"name": "v2", "fineTuneJobRef": {"name": "ft"}}}, "spec.model", id="two-models"),
-        pytest.param({"env": {"useTunedModel": "X", "modelName": "X"}}, "spec.env.modelName", id="same-env-names"),
-    ],
-)
-async def test_invalid_spec_fails_once_then_recovers_when_fixed(api, operator, objects, kubelet, bad, field):
-    await api.create(objects.agent_deployment())
-    await api.create(promotion(objects, **bad), validate=False)
-    obj = await api.wait_for_phase("ModelPromotion", "promote", "Failed")
-    failed = {c["type"]: c for c in obj["status"]["conditions"]}["Failed"]
-    assert failed["reason"] == "InvalidSpec"
-    assert failed["message"].startswith(f"invalid spec: {field}")
-    await _no_writes_for_a_while(api)
+async def test_invalid_specs_fail_once_then_recover_when_fixed(api, operator, objects):
+    for name, (bad, _, _) in INVALID_CASES.items():
+        await api.create(objects.agent_deployment(f"agent-{name}"))
+        await api.create(promotion(objects, name, targetRef={"name": f"agent-{name}"}, **bad), validate=False)
+    for name, (_, field, _) in INVALID_CASES.items():
+        obj = await api.wait_for_phase("ModelPromotion", name, "Failed")
+        failed = {c["type"]: c for c in obj["status"]["conditions"]}["Failed"]
+        assert failed["reason"] == "InvalidSpec", name
+        assert failed["message"].startswith(f"invalid spec: {field}"), name
+    await _no_writes_for_a_while(api, deployments=2)
 
-    fixed = {"model": {"name": "v2", "fineTuneJobRef": None}} if "model" in bad else {"env": {"modelName": "Y"}}
-    if "env" in bad:
-        fixed["model"] = {"name": "v2", "fineTuneJobRef": None}
-    await api.patch("ModelPromotion", "promote", {"spec": fixed})
-    obj = await api.wait_for_phase("ModelPromotion", "promote", "Promoting")
-    assert {c["type"]: c for c in obj["status"]["conditions"]}["Failed"]["status"] == "False"
+    for name, (_, _, fix) in INVALID_CASES.items():
+        await api.patch("ModelPromotion", name, {"spec": fix})
+    for name in INVALID_CASES:
+        obj = await api.wait_for_phase("ModelPromotion", name, "Promoting")
+        assert {c["type"]: c for c in obj["status"]["conditions"]}["Failed"]["status"] == "False"

@@ -7,13 +7,15 @@ Deployment is patched, ``USE_TUNED_MODEL=true`` and ``TUNED_MODEL_NAME=<fineTune
 the agent container only (other env and the sidecar untouched, one Deployment patch), the rollout is
 awaited (status.rollout), live episodes of the old and new model are compared during the verification
 window (status.comparison) and the promotion ends Promoted with Verified True; the Events tell the
-story phase by phase and ``lightning_op_promotions_total{outcome="promoted"}`` counts it. A
+story phase by phase and ``lightning_op_promotions_total{outcome="promoted"}`` counts it; verification
+ticks that find no new traffic write nothing. A
 promotion of a model named in the spec skips the gate, and with ``windowSeconds: 0`` is Promoted as
 soon as the rollout completes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 
 TUNED = "/models/support-agent/ft-round-2"
@@ -28,7 +30,7 @@ SUCCEEDED = {
 def promotion_body(objects, **spec):
     body = objects.example("ModelPromotion", "support-agent-promotion")
     body["spec"]["targetRef"]["name"] = "agent"
-    body["spec"]["verification"].update(windowSeconds=3, minEpisodes=5)
+    body["spec"]["verification"].update(windowSeconds=4, minEpisodes=5)
     body["spec"].update(spec)
     return body
 
@@ -49,7 +51,9 @@ async def test_promotion_waits_for_the_gate_then_promotes_and_verifies(
     deployment = await api.create(objects.agent_deployment())
     containers_before = deployment["spec"]["template"]["spec"]["containers"]
     await api.create(objects.example("FineTuneJob", "support-agent-ft"))
-    await api.patch("FineTuneJob", "support-agent-ft", {"status": {"phase": "Training"}}, subresource="status")
+    await api.patch(
+        "FineTuneJob", "support-agent-ft", {"status": {"phase": "Training"}}, subresource="status"
+    )
     earlier = datetime.datetime.now(tz=datetime.UTC) - datetime.timedelta(minutes=10)
     store.insert_many(objects.live_episodes("support-agent", "qwen-base", 10, 0.6, at=earlier))
 
@@ -80,6 +84,16 @@ async def test_promotion_waits_for_the_gate_then_promotes_and_verifies(
         assert containers[1] == containers_before[1]
         assert status["rollout"]["generation"] == deployment["metadata"]["generation"] == 2
 
+        async def compared() -> bool:
+            obj = await api.get("ModelPromotion", "support-agent-promotion")
+            return "comparison" in obj["status"]
+
+        await api.wait_for(compared, what="the first comparison")
+        mark = api.mark()
+        await asyncio.sleep(
+            1.0
+        )  # five verification ticks with no new traffic: nothing changes, nothing written
+        assert [str(w) for w in api.writes_since(mark)] == []
         store.insert_many(objects.live_episodes("support-agent", TUNED, 8, 0.9))
         obj = await api.wait_for_phase("ModelPromotion", "support-agent-promotion", "Promoted", timeout=15)
 
@@ -104,7 +118,9 @@ async def test_promotion_waits_for_the_gate_then_promotes_and_verifies(
     assert 'lightning_op_promotions_total{namespace="test",outcome="promoted"} 1.0' in metrics
 
 
-async def test_named_model_without_verification_is_promoted_after_the_rollout(api, operator, objects, kubelet):
+async def test_named_model_without_verification_is_promoted_after_the_rollout(
+    api, operator, objects, kubelet
+):
     await api.create(objects.agent_deployment())
     body = promotion_body(objects, model={"name": "support-agent-v2"})
     body["spec"]["verification"]["windowSeconds"] = 0

@@ -13,9 +13,8 @@ the Deployment patched but the status not updated (no second patch), a rollback 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
-
-import pytest
 
 NOW = datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0)
 PREVIOUS_ENV = [{"name": "TUNED_MODEL_NAME", "present": False}, {"name": "USE_TUNED_MODEL", "present": False}]
@@ -35,12 +34,15 @@ def deployment_spec_writes(api):
 
 def _drive_count(metrics: str) -> float:
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
         if line.startswith("lightning_op_reconciles_total{") and 'handler="drive_promotion"' in line
     )
 
 
-async def test_killed_during_verification_then_restarted_finishes_once(api, operator, objects, store, kubelet):
+async def test_killed_during_verification_then_restarted_finishes_once(
+    api, operator, objects, store, kubelet
+):
     await api.create(objects.agent_deployment())
     earlier = NOW - datetime.timedelta(minutes=5)
     store.insert_many(objects.live_episodes("support-agent", "qwen-base", 10, 0.7, at=earlier))
@@ -70,12 +72,24 @@ async def test_killed_during_verification_then_restarted_finishes_once(api, oper
 
 
 def _condition(type_: str, status: str, reason: str, message: str) -> dict:
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": NOW.isoformat().replace("+00:00", "Z")}
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": NOW.isoformat().replace("+00:00", "Z"),
+    }
 
 
-ROLLOUT = {"generation": 2, "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
-           "availableReplicas": 2, "complete": True, "message": "rolled out"}
+ROLLOUT = {
+    "generation": 2,
+    "observedGeneration": 2,
+    "replicas": 2,
+    "updatedReplicas": 2,
+    "availableReplicas": 2,
+    "complete": True,
+    "message": "rolled out",
+}
 DECIDED = _condition("RolledBack", "Unknown", "Regression", "rolling back: average reward fell 0.400")
 CRASH_WINDOWS = {
     # Promoting recorded (previousEnv), the operator died before patching the Deployment.
@@ -83,42 +97,63 @@ CRASH_WINDOWS = {
     # The Deployment was patched, the operator died before recording promotionTime.
     "patched-not-recorded": (True, {"phase": "Promoting"}, "Verifying", ["POST"], True),
     # A regression was decided (RolledBack Unknown), the operator died before restoring the env.
-    "rollback-decided": (True, {"phase": "Verifying", "promotionTime": "now", "rollout": ROLLOUT,
-                                "conditions": [DECIDED]}, "RolledBack", ["POST", "PATCH"], False),
+    "rollback-decided": (
+        True,
+        {"phase": "Verifying", "promotionTime": "now", "rollout": ROLLOUT, "conditions": [DECIDED]},
+        "RolledBack",
+        ["POST", "PATCH"],
+        False,
+    ),
     # The env was restored, the operator died before recording RolledBack.
-    "rollback-done": (False, {"phase": "Verifying", "promotionTime": "now", "rollout": ROLLOUT,
-                              "conditions": [DECIDED]}, "RolledBack", ["POST"], False),
+    "rollback-done": (
+        False,
+        {"phase": "Verifying", "promotionTime": "now", "rollout": ROLLOUT, "conditions": [DECIDED]},
+        "RolledBack",
+        ["POST"],
+        False,
+    ),
 }
 
 
-@pytest.mark.parametrize(
-    ("patched", "status", "next_phase", "spec_writes", "promoted_env_after"),
-    list(CRASH_WINDOWS.values()), ids=list(CRASH_WINDOWS),
-)
-async def test_resumes_from_each_crash_window(
-    api, operator_process, objects, kubelet, patched, status, next_phase, spec_writes, promoted_env_after
-):
-    deployment = objects.agent_deployment()
-    original_env = list(deployment["spec"]["template"]["spec"]["containers"][0]["env"])
-    if patched:
-        deployment["spec"]["template"]["spec"]["containers"][0]["env"] += PROMOTED_ENV
-    await api.create(deployment)
-    await kubelet.rollout("agent")
-    await api.create(promotion(objects, window=30))
-    left = {**status, "previousEnv": PREVIOUS_ENV, "previousModel": "qwen-base", "promotedModel": "v2",
-            "observedGeneration": 1}
-    if left.get("promotionTime") == "now":
-        left["promotionTime"] = NOW.isoformat().replace("+00:00", "Z")
-    await api.patch("ModelPromotion", "promote", {"status": left}, subresource="status")
+async def test_resumes_from_each_crash_window(api, operator_process, objects, kubelet):
+    original_env = objects.container_env(objects.agent_deployment())
+    for name, (patched, status, _, _, _) in CRASH_WINDOWS.items():
+        deployment = objects.agent_deployment(name)
+        if patched:
+            deployment["spec"]["template"]["spec"]["containers"][0]["env"] += PROMOTED_ENV
+        await api.create(deployment)
+        await kubelet.rollout(name)
+        body = promotion(objects, window=30)
+        body["metadata"]["name"] = name
+        body["spec"]["targetRef"]["name"] = name
+        await api.create(body)
+        left = {
+            **status,
+            "previousEnv": PREVIOUS_ENV,
+            "previousModel": "qwen-base",
+            "promotedModel": "v2",
+            "observedGeneration": 1,
+        }
+        if left.get("promotionTime") == "now":
+            left["promotionTime"] = NOW.isoformat().replace("+00:00", "Z")
+        await api.patch("ModelPromotion", name, {"status": left}, subresource="status")
 
-    async with kubelet.rolling_out("agent"):
+    async with contextlib.AsyncExitStack() as stack:
+        for name in CRASH_WINDOWS:
+            await stack.enter_async_context(kubelet.rolling_out(name))
         await operator_process.start()
-        obj = await api.wait_for_phase("ModelPromotion", "promote", next_phase)
+        for name, (_, _, next_phase, _, _) in CRASH_WINDOWS.items():
+            await api.wait_for_phase("ModelPromotion", name, next_phase)
 
-    env = objects.container_env(await api.get("Deployment", "agent"))
-    assert env == (original_env + PROMOTED_ENV if promoted_env_after else original_env)
-    assert deployment_spec_writes(api) == spec_writes
-    assert obj["status"]["previousEnv"] == PREVIOUS_ENV
-    if next_phase == "RolledBack":
-        rolled_back = {c["type"]: c for c in obj["status"]["conditions"]}["RolledBack"]
-        assert (rolled_back["status"], rolled_back["reason"]) == ("True", "Regression")
+    for name, (_, _, next_phase, spec_writes, promoted_env_after) in CRASH_WINDOWS.items():
+        obj = await api.get("ModelPromotion", name)
+        env = objects.container_env(await api.get("Deployment", name))
+        assert env == (original_env + PROMOTED_ENV if promoted_env_after else original_env), name
+        writes = [
+            w.method for w in api.writes_since(0, "deployments") if w.name == name and not w.subresource
+        ]
+        assert writes == spec_writes, name
+        assert obj["status"]["previousEnv"] == PREVIOUS_ENV, name
+        if next_phase == "RolledBack":
+            rolled_back = {c["type"]: c for c in obj["status"]["conditions"]}["RolledBack"]
+            assert (rolled_back["status"], rolled_back["reason"]) == ("True", "Regression"), name

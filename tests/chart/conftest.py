@@ -52,8 +52,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "collector": {"replicas": 3},
     },
     "cosmos-workload-identity": {
-        "store": {"type": "cosmos", "cosmos": {"url": "cosmos://acct.documents.azure.com/lightning/episodes"}},
-        "serviceAccount": {"annotations": {"azure.workload.identity/client-id": "00000000-0000-0000-0000-0000000000"}},
+        "store": {
+            "type": "cosmos",
+            "cosmos": {"url": "cosmos://acct.documents.azure.com/lightning/episodes"},
+        },
+        "serviceAccount": {
+            "annotations": {"azure.workload.identity/client-id": "00000000-0000-0000-0000-0000000000"}
+        },
         "podLabels": {"azure.workload.identity/use": "true"},
     },
     "existing-claims": {
@@ -72,7 +77,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 "nodeAffinity": {
                     "requiredDuringSchedulingIgnoredDuringExecution": {
                         "nodeSelectorTerms": [
-                            {"matchExpressions": [{"key": "agentpool", "operator": "In", "values": ["system"]}]}
+                            {
+                                "matchExpressions": [
+                                    {"key": "agentpool", "operator": "In", "values": ["system"]}
+                                ]
+                            }
                         ]
                     }
                 }
@@ -171,3 +180,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def rendered(render: Renderer, values_case: str) -> Rendered:
     return render(VALUE_SETS[values_case])
+
+
+@pytest.fixture(scope="session")
+def chart_dir() -> Path:
+    return CHART_DIR
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO

@@ -1,10 +1,10 @@
 """The chart lints clean and renders objects a real API server accepts, with every value set.
 
 Covers, for the defaults, every toggle on, every toggle off, the Cosmos and placement variants
-(``conftest.VALUE_SETS``): Helm's lint finds no warning or error (strict, against the oldest
+(``VALUE_SETS`` in conftest.py): Helm's lint finds no warning or error (strict, against the oldest
 Kubernetes the chart supports); every rendered object validates against the Kubernetes OpenAPI
 schemas (``kubernetes-validate``, strict: an unknown or misspelt field fails) for the oldest supported
-and the newest known Kubernetes; ServiceMonitor, a CRD-typed object the schemas do not know, is
+and the newest known Kubernetes; ServiceMonitor, a CRD-typed object those schemas do not know, is
 checked structurally; the chart's CRDs validate as CustomResourceDefinitions; object names are unique
 and fit Kubernetes' limits; namespaced objects land in the release namespace; a release named other
 than the chart prefixes every name; settings that cannot work fail the render with a message that
@@ -14,6 +14,7 @@ says what to change.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import helm_python
@@ -21,4 +22,114 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests_chart_constants import CHART_DIR, NAMESPACE  # noqa: F401  (placeholder, replaced below)
+CHART_YAML = yaml.safe_load(
+    (Path(__file__).resolve().parents[2] / "charts/lightning-op/Chart.yaml").read_text()
+)
+#: the floor of the chart's kubeVersion (">=1.28.0-0"), and the newest schemas kubernetes-validate ships
+OLDEST = re.fullmatch(r">=\s*(\d+\.\d+\.\d+)(-0)?", CHART_YAML["kubeVersion"]).group(1)  # type: ignore[union-attr]
+KUBE_VERSIONS = [OLDEST, kubernetes_validate.utils.latest_version()]
+#: kinds kubernetes-validate has no schema for (CRD-typed); each is checked structurally below
+CRD_TYPED = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def test_lint_finds_no_warning_or_error(chart_dir: Path, values_case: str, rendered: Any) -> None:
+    report = helm_python.lint(chart_dir, rendered.values, strict=True, kube_version=f"v{OLDEST}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not problems, f"helm lint ({values_case}): {report}"
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_objects_validate_against_kubernetes_schemas(rendered: Any, kube_version: str) -> None:
+    assert rendered.objects
+    for obj in rendered.objects:
+        if (obj["apiVersion"], obj["kind"]) in CRD_TYPED:
+            continue
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{where} is invalid for Kubernetes {kube_version} at {path}: {exc.message}")
+
+
+def test_service_monitors_are_well_formed(rendered: Any) -> None:
+    """The fields of monitoring.coreos.com/v1 ServiceMonitor the Prometheus Operator needs."""
+    for sm in rendered.of_kind("ServiceMonitor"):
+        assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(sm) == {"apiVersion", "kind", "metadata", "spec"}
+        assert DNS_LABEL.match(sm["metadata"]["name"])
+        spec = sm["spec"]
+        assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
+        assert spec["selector"]["matchLabels"] and all(
+            isinstance(v, str) for v in spec["selector"]["matchLabels"].values()
+        )
+        assert spec["namespaceSelector"] == {"matchNames": [rendered.namespace]}
+        assert spec["endpoints"]
+        for endpoint in spec["endpoints"]:
+            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+            assert isinstance(endpoint["port"], str) and endpoint["path"] == "/metrics"
+            for key in ("interval", "scrapeTimeout"):
+                assert re.fullmatch(r"([0-9]+(ms|s|m|h))+", endpoint[key]), endpoint
+
+
+def test_names_are_unique_and_fit(rendered: Any) -> None:
+    keys = [(o["apiVersion"].split("/")[0], o["kind"], o["metadata"]["name"]) for o in rendered.objects]
+    assert len(keys) == len(set(keys)), f"duplicate objects: {rendered.names()}"
+    for obj in rendered.objects:
+        name = obj["metadata"]["name"]
+        assert len(name) <= 63 and DNS_LABEL.match(name), name
+
+
+def test_namespaced_objects_are_in_the_release_namespace(rendered: Any) -> None:
+    for obj in rendered.objects:
+        namespace = obj["metadata"].get("namespace")
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert namespace is None, f"{obj['kind']}/{obj['metadata']['name']} is cluster-scoped"
+        else:
+            assert namespace == rendered.namespace, f"{obj['kind']}/{obj['metadata']['name']}: {namespace}"
+
+
+def test_every_object_carries_the_chart_labels(rendered: Any) -> None:
+    for obj in rendered.objects:
+        labels = obj["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/instance") == rendered.release, obj["metadata"]
+        assert labels.get("app.kubernetes.io/part-of") == "lightning-op"
+        assert labels.get("app.kubernetes.io/managed-by") == "Helm"
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_chart_crds_validate_as_custom_resource_definitions(chart_dir: Path, kube_version: str) -> None:
+    files = sorted((chart_dir / "crds").glob("*.yaml"))
+    assert len(files) == 4
+    for path in files:
+        docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+        assert [d["kind"] for d in docs] == ["CustomResourceDefinition"], path.name
+        kubernetes_validate.validate(docs[0], kube_version, strict=True)
+
+
+def test_another_release_name_prefixes_every_name(render: Any) -> None:
+    out = render({"collector": {"enabled": True}}, name="prod", namespace="ml-platform")
+    names = {o["metadata"]["name"] for o in out.objects}
+    assert {"prod-lightning-op", "prod-lightning-op-collector", "prod-lightning-op-store"} <= names
+    assert all(name.startswith("prod-lightning-op") for name in names), names
+    operator = out.named("Deployment", "prod-lightning-op")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LIGHTNING_COLLECTOR_URL"] == "http://prod-lightning-op-collector.ml-platform.svc:8080"
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"collector": {"replicas": 2}}, "collector.replicas=1, or use store.type cosmos"),
+        ({"store": {"type": "cosmos"}}, "store.cosmos.existingSecret.name"),
+        ({"store": {"type": "postgres"}}, 'store.type "postgres" is not supported'),
+        ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+    ],
+    ids=["sqlite-with-two-collectors", "cosmos-without-url-or-secret", "unknown-store", "no-service-account"],
+)
+def test_settings_that_cannot_work_fail_the_render(render: Any, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmError) as caught:
+        render(values)
+    assert message in str(caught.value)

@@ -23,8 +23,15 @@ from lightning_op.pipeline import finetune_flow
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 
 
-def seed_episodes(store_url: str, agent: str, count: int, *, reward: float | None = 0.9, start: int = 0,
-                  query: str | None = None) -> None:
+def seed_episodes(
+    store_url: str,
+    agent: str,
+    count: int,
+    *,
+    reward: float | None = 0.9,
+    start: int = 0,
+    query: str | None = None,
+) -> None:
     """``count`` episodes of ``agent`` (labeled with ``reward`` unless it is None)."""
     store = store_mod.open_store(store_url)
     try:
@@ -57,11 +64,19 @@ def finetune_manifest(name: str, *, evaluation: bool = True, **spec: Any) -> dic
         "hyperparameters": {"learningRate": 0.001, "epochs": 1},
     }
     if evaluation:
-        body["evaluation"] = {"grader": {"preset": "tool_selection"}, "threshold": 0.75, "maxRounds": 3,
-                              "lrDecay": 0.5}
+        body["evaluation"] = {
+            "grader": {"preset": "tool_selection"},
+            "threshold": 0.75,
+            "maxRounds": 3,
+            "lrDecay": 0.5,
+        }
     body.update(spec)
-    return {"apiVersion": "lightning-op.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
-            "spec": body}
+    return {
+        "apiVersion": "lightning-op.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": body,
+    }
 
 
 def line(event: str, **fields: Any) -> str:
@@ -96,12 +111,22 @@ class TrainerDouble:
             self.kubelet.set_log(pod, text)
 
     async def progress(self, ftj: str, number: int, percent: float, *, step: int = 5, total: int = 10) -> str:
-        text = "\n".join([
-            line("started", round=number, totalSteps=total, epochs=1),
-            "2026-01-10 12:00:01 INFO lightning_op.training.local: loading the base model",
-            line("progress", round=number, percent=percent, epoch=1, step=step, totalSteps=total, loss=1.25,
-                 etaSeconds=30.0),
-        ])
+        text = "\n".join(
+            [
+                line("started", round=number, totalSteps=total, epochs=1),
+                "2026-01-10 12:00:01 INFO lightning_op.training.local: loading the base model",
+                line(
+                    "progress",
+                    round=number,
+                    percent=percent,
+                    epoch=1,
+                    step=step,
+                    totalSteps=total,
+                    loss=1.25,
+                    etaSeconds=30.0,
+                ),
+            ]
+        )
         await self.log(ftj, number, text)
         return text
 
@@ -112,35 +137,117 @@ class TrainerDouble:
         per_example = [{"index": i, "score": s} for i, s in enumerate(scores)]
         path.write_text(json.dumps({"score": sum(scores) / len(scores), "perExample": per_example}))
 
-    async def succeed(self, ftj: str, number: int, score: float, *, examples: list[float] | None = None) -> str:
+    async def succeed(
+        self, ftj: str, number: int, score: float, *, examples: list[float] | None = None
+    ) -> str:
         """The round finished: its final line (with the score), its files, the Job marked succeeded."""
         layout = await self.layout(ftj)
         if examples is not None:
             await self.write_evaluation(ftj, number, examples)
         if number == 0:
-            final = line("evaluated", round=1, adapterPath=None, score=score, perMetric={"toolAccuracy": score},
-                         examples=len(examples or []))
+            final = line(
+                "evaluated",
+                round=1,
+                adapterPath=None,
+                score=score,
+                perMetric={"toolAccuracy": score},
+                examples=len(examples or []),
+            )
             text = final
         else:
             adapter = finetune_flow.VolumeLayout.in_trainer(layout.round_dir(number) / "adapter")
-            text = "\n".join([
-                await self.progress(ftj, number, 100.0, step=10),
-                line("evaluating", round=number, examples=3, adapterPath=adapter),
-                line("completed", round=number, reason="Completed", percent=100.0, adapterPath=adapter,
-                     trainLoss=0.5, validLoss=0.75, score=score, perMetric={"toolAccuracy": score}),
-                "2026-01-10 12:00:09 INFO lightning_op.trainer: done",
-            ])
+            text = "\n".join(
+                [
+                    await self.progress(ftj, number, 100.0, step=10),
+                    line("evaluating", round=number, examples=3, adapterPath=adapter),
+                    line(
+                        "completed",
+                        round=number,
+                        reason="Completed",
+                        percent=100.0,
+                        adapterPath=adapter,
+                        trainLoss=0.5,
+                        validLoss=0.75,
+                        score=score,
+                        perMetric={"toolAccuracy": score},
+                    ),
+                    "2026-01-10 12:00:09 INFO lightning_op.trainer: done",
+                ]
+            )
         await self.log(ftj, number, text)
         await self.kubelet.job_succeeded(self.job(ftj, number))
         return text
 
-    async def fail(self, ftj: str, number: int, *, trainer_reason: str | None, job_reason: str,
-                   message: str = "") -> None:
+    async def fail(
+        self, ftj: str, number: int, *, trainer_reason: str | None, job_reason: str, message: str = ""
+    ) -> None:
         """The round failed: the trainer's ``failed`` line when it wrote one, the Job marked failed."""
         if trainer_reason is not None:
-            await self.log(ftj, number, "\n".join([
-                await self.progress(ftj, number, 40.0),
-                line("failed", round=number, reason=trainer_reason, message=message or trainer_reason,
-                     exitCode=3),
-            ]))
+            await self.log(
+                ftj,
+                number,
+                "\n".join(
+                    [
+                        await self.progress(ftj, number, 40.0),
+                        line(
+                            "failed",
+                            round=number,
+                            reason=trainer_reason,
+                            message=message or trainer_reason,
+                            exitCode=3,
+                        ),
+                    ]
+                ),
+            )
         await self.kubelet.job_failed(self.job(ftj, number), reason=job_reason)
+
+
+def keyword_grader() -> dict[str, Any]:
+    """A deterministic grader with spread: a quarter point per keyword (alpha, bravo, charlie, delta)
+    found in the query, so queries with 1, 2 and 3 keywords score 0.25, 0.5 and 0.75."""
+    words = {"a": "alpha", "b": "bravo", "c": "charlie", "d": "delta"}
+    return {
+        "type": "multi",
+        "name": "keywords",
+        "graders": {
+            key: {
+                "type": "string_check",
+                "input": "{{episode.state.query}}",
+                "reference": word,
+                "operation": "like",
+            }
+            for key, word in words.items()
+        },
+        "calculate_output": "(a + b + c + d) / 4",
+    }
+
+
+def seed_keyword_episodes(
+    store_url: str, agent: str, *, per_level: int = 10, levels: tuple[int, ...] = (1, 2, 3), start: int = 0
+) -> int:
+    """Unlabeled episodes whose queries carry 1, 2, 3 (or 4) keywords, ``per_level`` of each: with
+    levels 1-3 the keyword grader's dry run is GO (mean 0.5, std 0.2); with only 4 it is NO-GO."""
+    words = ["alpha", "bravo", "charlie", "delta"]
+    offset = start
+    for level in levels:
+        seed_episodes(
+            store_url,
+            agent,
+            per_level,
+            reward=None,
+            start=offset,
+            query=" ".join(words[:level]) + " request {n}",
+        )
+        offset += per_level
+    return offset - start
+
+
+def labeling_manifest(name: str, agent: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"agentId": agent, "grader": keyword_grader(), "sampleTest": {"size": 5}}
+    body.update(spec)
+    return {
+        "apiVersion": "lightning-op.dev/v1alpha1",
+        "kind": "RewardLabeling",
+        "metadata": {"name": name},
+        "spec": body,
+    }

@@ -129,7 +129,14 @@ def test_body_without_uid_is_refused() -> None:
 # ------------------------------------------------------------------------------------------ security
 
 ALLOWED_VOLUME_TYPES = {
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
 }
 
 
@@ -256,7 +263,12 @@ def test_config_outside_the_volume_is_refused() -> None:
 
 def test_round_zero_evaluates_the_base_model() -> None:
     assert _container(_job(0))["command"] == [
-        "python", "-m", "lightning_op.trainer", "evaluate", "--config", CONFIG,
+        "python",
+        "-m",
+        "lightning_op.trainer",
+        "evaluate",
+        "--config",
+        CONFIG,
     ]
 
 
@@ -273,7 +285,10 @@ def test_job_policy_fields() -> None:
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob"
     assert rules[0]["onExitCodes"]["values"] == [2, 3, 4, 5]
-    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
 
 
 def test_no_deadline_unless_the_spec_sets_one() -> None:
@@ -290,13 +305,25 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
     [
         (0, {}),
         (1, {}),
-        (2, {"resources": {"gpu": 4, "memory": "64Gi", "cpu": "16", "nodeSelector": {"pool": "a100"},
-                           "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-             "activeDeadlineSeconds": 3600}),
+        (
+            2,
+            {
+                "resources": {
+                    "gpu": 4,
+                    "memory": "64Gi",
+                    "cpu": "16",
+                    "nodeSelector": {"pool": "a100"},
+                    "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                },
+                "activeDeadlineSeconds": 3600,
+            },
+        ),
     ],
     ids=["baseline", "round-1", "gpu-placement-deadline"],
 )
 @pytest.mark.parametrize("version", ["1.30.0", "1.33.0"])
-def test_job_validates_against_the_kubernetes_schema(round_number: int, spec: dict[str, Any], version: str) -> None:
+def test_job_validates_against_the_kubernetes_schema(
+    round_number: int, spec: dict[str, Any], version: str
+) -> None:
     job = _job(round_number, **spec)
     kubernetes_validate.validate(job, version, strict=True)

@@ -152,8 +152,9 @@ metadata:
     {{- include "lightning-op.labels" .ctx | nindent 4 }}
   {{- if .persistence.keep }}
   annotations:
-    # Uninstalling the release leaves the data.
+    # Uninstalling the release (Helm) or deleting the Application (Argo CD) leaves the data.
     helm.sh/resource-policy: keep
+    argocd.argoproj.io/sync-options: Delete=false
   {{- end }}
 spec:
   accessModes:

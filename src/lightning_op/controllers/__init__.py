@@ -28,7 +28,8 @@ def _selected() -> list[str]:
     names = [name.strip() for name in raw.split(",") if name.strip()]
     unknown = sorted(set(names) - set(ALL_CONTROLLERS))
     if unknown:
-        raise ValueError(f"{ENV_CONTROLLERS}: unknown controllers {unknown}; choose from {list(ALL_CONTROLLERS)}")
+        choices = list(ALL_CONTROLLERS)
+        raise ValueError(f"{ENV_CONTROLLERS}: unknown controllers {unknown}; choose from {choices}")
     return names
 
 

@@ -223,15 +223,26 @@ def current_status(body: Mapping[str, Any], patch: kopf.Patch) -> dict[str, Any]
     return merged
 
 
+def _without_nulls(value: Any) -> Any:
+    """``value`` with None members of mappings dropped: in a merge patch, and so in the stored object,
+    a null member is an absent one, and comparing with it would see a change on every call."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def update_status(body: Mapping[str, Any], patch: kopf.Patch, fields: Mapping[str, Any]) -> bool:
     """Queue in ``patch.status`` the fields whose value differs (None removes a field). True if any did."""
     current = current_status(body, patch)
+    stored = body.get("status") or {}
     changed = False
     for key, value in fields.items():
-        old = current.get(key)
-        if old == value or (value is None and key not in current):
+        value = value
+        if current.get(key) == value or (value is None and key not in current):
             continue
-        patch.status[key] = None if value is None else merge_patch(old, value) if key in current else value
+        # Relative to the stored status, which kopf's merge patch applies to (it replaces what an
+        # earlier call in this handler queued for the same key).
+        patch.status[key] = merge_patch(stored[key], value) if key in stored else value
         changed = True
     return changed
 

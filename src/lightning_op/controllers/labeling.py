@@ -116,9 +116,10 @@ async def _label_and_dry_run(
 ) -> None:
     latest: list[labeling_pipeline.LabelingProgress] = []
     await writer.report(lflow.labeling_report(spec, None, generation), generation)
-    progress_task = asyncio.create_task(_write_progress(writer, spec, latest, generation))
+    before = await common.run_sync(lflow.count_labels, rt.store, spec, grader.name, grader.version)
+    progress_task = asyncio.create_task(_write_progress(writer, spec, latest, generation, before))
     try:
-        report = await labeling_pipeline.label_batch(
+        await labeling_pipeline.label_batch(
             rt.store,
             grader,
             agent_id=str(spec.agent_id),
@@ -136,7 +137,8 @@ async def _label_and_dry_run(
     dry = await labeling_pipeline.dry_run(
         rt.store, grader, str(spec.agent_id), spec.dry_run.sample_size, concurrency=spec.concurrency
     )
-    await writer.report(lflow.completed_report(spec, report, dry, generation, datetime.now(UTC)), generation)
+    counts = await common.run_sync(lflow.count_labels, rt.store, spec, grader.name, grader.version)
+    await writer.report(lflow.completed_report(spec, counts, dry, generation, datetime.now(UTC)), generation)
 
 
 async def _write_progress(
@@ -144,13 +146,14 @@ async def _write_progress(
     spec: rl.RewardLabelingSpec,
     latest: list[labeling_pipeline.LabelingProgress],
     generation: int | None,
+    before: lflow.LabelCounts,
 ) -> None:
     while True:
         await asyncio.sleep(POLL_SECONDS)
         if latest:
             last = latest[-1]
             latest.clear()
-            await writer.report(lflow.labeling_report(spec, last, generation), generation)
+            await writer.report(lflow.labeling_report(spec, last, generation, before), generation)
 
 
 # ----------------------------------------------------------------------------------------- waiting

@@ -334,3 +334,10 @@ async def drive_promotion(
         raise common.permanent_spec_error(body, patch, exc) from None
     status = promotion.parse_status(body)
     await _advance(Step(body, patch, common.runtime(memo), str(namespace), spec, status))
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+@common.instrumented(KIND)
+async def forget_promotion(**_: Any) -> None:
+    """Deleting a ModelPromotion leaves the Deployment as it is (the promotion stands, or was already
+    rolled back); this handler only drops the object from the per-phase metrics."""

@@ -89,7 +89,7 @@ class DemoSettings:
     max_rounds: int = 3
     lr_decay: float = 0.6
     min_reward: float = 0.7
-    learning_rate: float = 5e-3
+    learning_rate: float = 2e-3
     epochs: int = 3
     lora_rank: int = 8
     batch_size: int = 8

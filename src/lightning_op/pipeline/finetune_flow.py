@@ -1066,21 +1066,3 @@ def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------------------------ status patch
-
-
-def status_patch(old: Mapping[str, Any], new: ft.FineTuneJobStatus) -> dict[str, Any]:
-    """A merge patch from the current status to ``new``: changed top-level keys only (None removes).
-
-    Empty when nothing changed, so reconciling an unchanged object writes nothing.
-    """
-    target = new.to_json_dict()
-    patch: dict[str, Any] = {}
-    for key in set(old) | set(target):
-        if key == "kopf":
-            continue
-        if old.get(key) != target.get(key):
-            patch[key] = target.get(key)
-    return patch

@@ -26,6 +26,7 @@ from lightning_op.api import labeling as rl
 from lightning_op.api.common import FieldProblem, SpecError
 from lightning_op.api.conditions import Condition, ConditionStatus, ConditionType, Reason
 from lightning_op.pipeline import labeling as labeling_pipeline
+from lightning_op.store import base as store_base
 
 #: sample records whose reason is longer are cut (status stays small)
 MAX_REASON_CHARS = 512
@@ -152,18 +153,55 @@ def sample_report(
     )
 
 
+@dataclass(frozen=True)
+class LabelCounts:
+    """Episodes of the selection that carry a label from one grader version: scored, or failed only."""
+
+    labeled: int = 0
+    failed: int = 0
+
+
+def count_labels(
+    store: store_base.EpisodeStore, spec: rl.RewardLabelingSpec, grader_name: str, grader_version: str
+) -> LabelCounts:
+    """Count, in the store, the selected episodes this grader version labeled (in any run, before a
+    restart included). One scan of the agent's episodes; blocking, so run it off the event loop."""
+    query = store_base.EpisodeQuery(
+        agent_id=spec.agent_id, since=spec.selector.since, until=spec.selector.until
+    )
+    labeled = failed = 0
+    for episode in store.iter_json(query):
+        mine = [
+            lb
+            for lb in episode.get("labels") or []
+            if lb.get("grader") == grader_name and lb.get("graderVersion") == grader_version
+        ]
+        if any(lb.get("score") is not None for lb in mine):
+            labeled += 1
+        elif mine:
+            failed += 1
+    return LabelCounts(labeled, failed)
+
+
 def labeling_report(
-    spec: rl.RewardLabelingSpec, progress: labeling_pipeline.LabelingProgress | None, generation: int | None
+    spec: rl.RewardLabelingSpec,
+    progress: labeling_pipeline.LabelingProgress | None,
+    generation: int | None,
+    before: LabelCounts = LabelCounts(),
 ) -> Report:
-    """Phase Labeling, with the counts so far (``labeled`` includes episodes this grader version
-    labeled before a restart: the store keeps them)."""
+    """Phase Labeling, with the counts so far: ``before`` (what this grader version labeled in earlier
+    runs, counted in the store) plus this run's progress."""
     fields: dict[str, Any] = {}
     message = f"labeling episodes of agent {spec.agent_id}"
     if progress is not None:
+        # Without unlabeledOnly the run re-reads episodes it labeled before and counts them skipped.
+        earlier = progress.skipped if not spec.selector.unlabeled_only else before.labeled
         fields = {
-            "labeled": progress.labeled + progress.skipped,
+            "labeled": earlier + progress.labeled,
             "failed": progress.failed,
-            "total": progress.total,
+            "total": None
+            if progress.total is None
+            else progress.total + (before.labeled if spec.selector.unlabeled_only else 0),
         }
         if progress.total:
             message = f"{message}: {progress.done} of {progress.total}"
@@ -185,7 +223,7 @@ _VERDICT_REASONS = {
 
 def completed_report(
     spec: rl.RewardLabelingSpec,
-    report: labeling_pipeline.LabelingReport,
+    counts: LabelCounts,
     dry: labeling_pipeline.DryRunResult,
     generation: int | None,
     now: datetime,
@@ -215,15 +253,15 @@ def completed_report(
     ][:16]
     mean = f"{m.mean:.2f}" if m.mean is not None else "n/a"
     message = (
-        f"verdict {verdict.value}: labeled {report.labeled + report.skipped}, failed {report.failed}; "
+        f"verdict {verdict.value}: labeled {counts.labeled}, failed {counts.failed}; "
         f"dry run of {m.count} scores, mean {mean}"
     )
     if dry.verdict.diagnosis:
         message = f"{message}; {dry.verdict.diagnosis[0].message}"
     last_run = now.astimezone(UTC).replace(microsecond=0)
     fields: dict[str, Any] = {
-        "labeled": report.labeled + report.skipped,
-        "failed": report.failed,
+        "labeled": counts.labeled,
+        "failed": counts.failed,
         "scores": scores.to_json_dict(),
         "verdict": verdict.value,
         "diagnosis": diagnosis,

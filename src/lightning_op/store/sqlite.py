@@ -693,31 +693,34 @@ class SQLiteStore:
             return []
         # Redact and dump the labels before taking the write lock, to hold it as briefly as possible.
         labels = [self._clean_label(update.label) for update in updates]
-        ids = list(dict.fromkeys(update.episode_id for update in updates))
-        statuses: list[base.LabelWriteStatus] = []
+        # Each episode's updates in input order; every one is NOT_FOUND until its row turns up.
+        by_id: dict[str, list[int]] = {}
+        for index, update in enumerate(updates):
+            by_id.setdefault(update.episode_id, []).append(index)
+        statuses = [base.LabelWriteStatus.NOT_FOUND] * len(updates)
+        ids = list(by_id)
+        rows: list[tuple[Any, ...]] = []
         with self._writing(f"labeling {len(updates)} episodes") as conn:
-            stored: dict[str, _StoredEpisode] = {}
             for start in range(0, len(ids), _ID_CHUNK):
                 chunk = ids[start : start + _ID_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT seq, id, revision, doc FROM episodes WHERE id IN ({marks})"
-                for seq, episode_id, revision, doc in conn.execute(sql, chunk):
-                    stored[episode_id] = _StoredEpisode(seq, int(revision), doc)
-            changed: dict[int, _StoredEpisode] = {}
-            for update, label in zip(updates, labels, strict=True):
-                target = stored.get(update.episode_id)
-                if target is None:
-                    statuses.append(base.LabelWriteStatus.NOT_FOUND)
-                elif update.expected_revision is not None and target.revision != update.expected_revision:
-                    statuses.append(base.LabelWriteStatus.CONFLICT)
-                else:
-                    target.append(label)
-                    changed[target.seq] = target
-                    statuses.append(base.LabelWriteStatus.APPLIED)
-            if changed:
+                # One episode at a time, parsed, labeled and dumped before the next is read: the
+                # parsed documents die young instead of filling the garbage collector's old generation.
+                for seq, episode_id, revision, doc in conn.execute(sql, chunk).fetchall():
+                    target = _StoredEpisode(seq, int(revision), doc)
+                    for index in by_id[episode_id]:
+                        expected = updates[index].expected_revision
+                        if expected is not None and expected != target.revision:
+                            statuses[index] = base.LabelWriteStatus.CONFLICT
+                        else:
+                            target.append(labels[index])
+                            statuses[index] = base.LabelWriteStatus.APPLIED
+                    if target.revision != revision:
+                        rows.append(target.row())
+            if rows:
                 conn.executemany(
-                    "UPDATE episodes SET labeled = ?, reward = ?, revision = ?, doc = ? WHERE seq = ?",
-                    [target.row() for target in changed.values()],
+                    "UPDATE episodes SET labeled = ?, reward = ?, revision = ?, doc = ? WHERE seq = ?", rows
                 )
         return statuses
 

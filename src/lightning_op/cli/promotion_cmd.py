@@ -1,0 +1,158 @@
+"""``promote-model`` and ``compare-versions``: put a fine-tuned model in front of the agent, then check it.
+
+``promote-model`` takes a training job's best adapter (``--job``) or an adapter directory
+(``--adapter``), tells a running ``lightning-op serve`` to switch to it (``--serve-url``) and records
+the promotion (previous and promoted model) in the store. ``compare-versions`` sums up the agent's
+live episodes per model version (average reward, error rate, counts), the figures a promotion's
+verification looks at. Both are thin over ``pipeline.promotion``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lightning_op.cli import _common
+from lightning_op.pipeline import promotion
+
+
+@click.command("promote-model")
+@_common.store_option
+@click.option("--job", "job_id", default=None, metavar="ID", help="A finished training job: promote its best adapter.")
+@click.option(
+    "--adapter",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="An adapter directory to promote (instead of --job).",
+)
+@click.option("--agent-id", default=None, metavar="AGENT", help="The agent (default: the job's).")
+@click.option(
+    "--serve-url",
+    default=None,
+    metavar="URL",
+    help="A running `lightning-op serve` (http://host:port) to switch to the adapter without a restart.",
+)
+@click.option(
+    "--model-name",
+    "--tuned-name",
+    "model_name",
+    default=None,
+    help="Name the tuned model is served and recorded under (default: the server's tuned name).",
+)
+@click.option(
+    "--previous-model",
+    default=None,
+    help="What was served before (default: asked from the server, else the agent's last promotion).",
+)
+@click.option(
+    "--admin-token",
+    envvar="LIGHTNING_SERVE_ADMIN_TOKEN",
+    default=None,
+    help="The server's admin token (env LIGHTNING_SERVE_ADMIN_TOKEN).",
+)
+@_common.output_option
+@_common.handle_errors
+def promote_model(
+    store_url: str | None,
+    job_id: str | None,
+    adapter: Path | None,
+    agent_id: str | None,
+    serve_url: str | None,
+    model_name: str | None,
+    previous_model: str | None,
+    admin_token: str | None,
+    output: str,
+) -> None:
+    """Promote a fine-tuned adapter: switch the served model to it and record the promotion."""
+    if (job_id is None) == (adapter is None):
+        _common.fail("give exactly one of --job ID (a finished training job) or --adapter PATH")
+    with _common.open_store(store_url) as store:
+        if job_id is not None:
+            adapter_path, job = promotion.adapter_of_job(store, job_id)
+            agent_id = agent_id or job.get("agentId")
+        else:
+            assert adapter is not None
+            resolved = adapter.expanduser().resolve()
+            if not (resolved / "adapter_config.json").is_file():
+                _common.fail(f"--adapter {adapter} has no adapter_config.json: give a LoRA adapter directory")
+            adapter_path = str(resolved)
+        record = promotion.promote(
+            store,
+            adapter=adapter_path,
+            agent_id=agent_id,
+            job_id=job_id,
+            model_name=model_name,
+            previous_model=previous_model,
+            serve_url=serve_url,
+            token=admin_token,
+        )
+    if output == "json":
+        _common.print_json(record)
+        return
+    console = _common.console
+    console.print(
+        f"promoted [bold]{record['promotedModel']}[/bold] (adapter {record['adapter']}); "
+        f"previous model: {record['previousModel'] or 'unknown'}",
+        highlight=False,
+    )
+    if serve_url:
+        console.print(f"the server at {serve_url} now answers {record['promotedModel']} with this adapter")
+    else:
+        console.print("no --serve-url: recorded only; point your model server at the adapter to serve it")
+    console.print(f"recorded as {record['id']}; verify on live traffic with: lightning-op compare-versions "
+                  f"--agent-id {agent_id or 'AGENT'}", highlight=False)
+
+
+@click.command("compare-versions")
+@_common.store_option
+@click.option("--agent-id", required=True, metavar="AGENT", help="The agent whose live episodes to compare.")
+@click.option("--before", default=None, metavar="VERSION", help="The earlier model version (default: from the last promotion).")
+@click.option("--after", default=None, metavar="VERSION", help="The later model version (default: from the last promotion).")
+@click.option("--since", default=None, metavar="TIME", help="Only episodes from TIME on: ISO 8601 or an age (7d).")
+@click.option("--max-reward-drop", type=float, default=0.05, show_default=True,
+              help="Verification: a larger drop of the average reward fails.")
+@click.option("--max-error-rate-increase", type=float, default=0.05, show_default=True,
+              help="Verification: a larger rise of the error rate fails.")
+@click.option("--min-episodes", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Verification: labeled episodes of the new version needed for a verdict.")
+@_common.output_option
+@_common.handle_errors
+def compare_versions(
+    store_url: str | None,
+    agent_id: str,
+    before: str | None,
+    after: str | None,
+    since: str | None,
+    max_reward_drop: float,
+    max_error_rate_increase: float,
+    min_episodes: int,
+    output: str,
+) -> None:
+    """Compare live episodes of two model versions: average reward, error rate, episodes."""
+    since_time = _common.parse_time(since, "--since")
+    with _common.open_store(store_url) as store:
+        comparison = promotion.compare_versions(store, agent_id, before, after, since_time)
+    verdict = promotion.verification_verdict(comparison, max_reward_drop, max_error_rate_increase, min_episodes)
+    if output == "json":
+        _common.print_json({**comparison.to_json_dict(), "verification": verdict.to_json_dict()})
+        return
+
+    def fmt(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    rows = [
+        (label, side.model_version, side.episodes, side.labeled, fmt(side.avg_reward), fmt(side.error_rate))
+        for label, side in (("before", comparison.before), ("after", comparison.after))
+    ]
+    delta = comparison.reward_delta
+    rows.append(("change", "", comparison.after.episodes - comparison.before.episodes, "",
+                 "–" if delta is None else f"{delta:+.3f}", f"{comparison.error_rate_delta:+.3f}"))
+    _common.print_table(
+        f"agent {agent_id}: live episodes by model version",
+        ["", "model version", "episodes", "labeled", "avgReward", "errorRate"],
+        rows,
+    )
+    colour = {"Passed": "green", "Failed": "red"}.get(verdict.status.value, "yellow")
+    _common.console.print(f"verification: [{colour}]{verdict.status.value}[/{colour}]: {verdict.message}",
+                          highlight=False)

@@ -1,0 +1,68 @@
+"""FineTuneJobs that cannot run: each ends in phase Failed with a condition that says why and what to
+change, writes nothing more (no retry storm), and starts over once its spec is fixed (nothing ran).
+
+Covers: a spec the CRD schema would refuse (let in with ``validate=False``, as an older CRD would)
+naming ``spec.dataset.minReward``; the azureOpenAI backend (``BackendNotImplemented``); too few
+episodes above ``minReward`` (``NotEnoughEpisodes`` with the exact message); then the fixes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.trainer_double import finetune_manifest, seed_episodes
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _failed(obj: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == "Failed")
+
+
+async def test_failed_until_fixed(api: Any, operator_process: Any, store_url: str, tmp_path: Path) -> None:
+    seed_episodes(store_url, "bot", 12)
+    seed_episodes(store_url, "few", 3, start=200)
+    seed_episodes(store_url, "few", 8, reward=0.6, start=300)
+    await operator_process.start(LIGHTNING_MODELS_DIR=str(tmp_path / "models"))
+
+    bad = finetune_manifest("bad")
+    bad["spec"]["dataset"] = {"minReward": 2}
+    await api.create(bad, validate=False)
+    azure = finetune_manifest("azure", backend="azureOpenAI", modelVolume=None)
+    del azure["spec"]["modelVolume"]
+    await api.create(azure)
+    few = finetune_manifest("few", agentId="few")
+    await api.create(few)
+
+    obj = await api.wait_for_phase("FineTuneJob", "bad", "Failed")
+    assert _failed(obj)["reason"] == "InvalidSpec"
+    assert "spec.dataset.minReward: must be <= 1" in _failed(obj)["message"]
+    obj = await api.wait_for_phase("FineTuneJob", "azure", "Failed")
+    assert _failed(obj)["reason"] == "BackendNotImplemented"
+    assert "backend azureOpenAI is not implemented yet" in _failed(obj)["message"]
+    obj = await api.wait_for_phase("FineTuneJob", "few", "Failed")
+    assert _failed(obj)["reason"] == "NotEnoughEpisodes"
+    assert _failed(obj)["message"] == (
+        "dataset has 3 episodes with reward >= 0.7, need at least 10 "
+        "(lower spec.dataset.minReward or label more episodes)"
+    )
+    assert (await api.events("few"))[-1]["type"] == "Warning"
+
+    mark = api.mark()
+    await asyncio.sleep(1.5)  # several timer intervals
+    assert api.writes_since(mark) == [], "a failed object must not be retried"
+    assert await api.list("Job") == []
+
+    await api.patch("FineTuneJob", "bad", {"spec": {"dataset": {"minReward": 0.8}}})
+    await api.patch("FineTuneJob", "few", {"spec": {"dataset": {"minReward": 0.5}}})
+    obj = await api.wait_for_phase("FineTuneJob", "bad", "Evaluating")
+    assert obj["status"]["dataset"]["episodes"] == 12
+    assert next(c for c in obj["status"]["conditions"] if c["type"] == "Failed")["status"] == "False"
+    obj = await api.wait_for_phase("FineTuneJob", "few", "Evaluating")
+    assert obj["status"]["dataset"]["episodes"] == 11
+    assert obj["status"]["dataset"]["minReward"] == pytest.approx(0.6)
+    assert await api.get("FineTuneJob", "azure") is not None
+    assert (await api.get("FineTuneJob", "azure") or {})["status"]["phase"] == "Failed"

@@ -1,0 +1,102 @@
+"""``spec.suspend`` and deletion of a FineTuneJob.
+
+Covers: created suspended, it starts no Job and says why (phase Suspended, condition Suspended);
+unsuspended, it runs; suspended mid-round, the round's Job is suspended (``Job.spec.suspend``, its pod
+stops and the trainer checkpoints) rather than deleted, and resuming resumes that same Job (same uid)
+and the job still finishes; deleting a FineTuneJob deletes its trainer Jobs (the finalizer; the
+emulator has no garbage collector) and the object goes away.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.trainer_double import TrainerDouble, finetune_manifest, seed_episodes
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    return tmp_path / "models"
+
+
+@pytest.fixture
+async def ftj_operator(operator_process: Any, models_dir: Path, store_url: str) -> Any:
+    seed_episodes(store_url, "bot", 12)
+    return await operator_process.start(LIGHTNING_MODELS_DIR=str(models_dir))
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+async def test_suspend_and_resume(api: Any, ftj_operator: Any, kubelet: Any, models_dir: Path) -> None:
+    trainer = TrainerDouble(api, kubelet, models_dir)
+    await api.create(finetune_manifest("held", suspend=True))
+    obj = await api.wait_for_phase("FineTuneJob", "held", "Suspended")
+    assert _condition(obj, "Suspended")["status"] == "True"
+    assert "spec.suspend is true" in _condition(obj, "Suspended")["message"]
+    assert await api.list("Job") == []
+
+    await api.patch("FineTuneJob", "held", {"spec": {"suspend": False}})
+    await api.wait_for_phase("FineTuneJob", "held", "Evaluating")
+    await trainer.succeed("held", 0, 0.3)
+    await api.wait_for_phase("FineTuneJob", "held", "Training")
+    job = await api.wait_for(lambda: api.get("Job", "held-r1"), what="round 1 Job")
+    await trainer.progress("held", 1, 20.0)
+
+    await api.patch("FineTuneJob", "held", {"spec": {"suspend": True}})
+    obj = await api.wait_for_phase("FineTuneJob", "held", "Suspended")
+
+    async def job_suspended() -> bool:
+        return bool(((await api.get("Job", "held-r1")) or {}).get("spec", {}).get("suspend"))
+
+    await api.wait_for(job_suspended, what="round 1 Job suspended")
+    assert obj["status"]["rounds"] == [{"round": 1, "learningRate": 0.001}]
+
+    await api.patch("FineTuneJob", "held", {"spec": {"suspend": False}})
+    obj = await api.wait_for_phase("FineTuneJob", "held", "Training")
+    assert _condition(obj, "Suspended")["status"] == "False"
+    resumed = await api.wait_for(lambda: _if_not_suspended(api, "held-r1"), what="round 1 Job resumed")
+    assert resumed["metadata"]["uid"] == job["metadata"]["uid"]
+    await trainer.succeed("held", 1, 0.9)
+    await api.wait_for_phase("FineTuneJob", "held", "Succeeded")
+    transitions = [e["message"].split(":")[0] for e in await api.events("held")]
+    assert transitions == [
+        "New -> Suspended",
+        "Suspended -> BuildingDataset",
+        "BuildingDataset -> Evaluating",
+        "Evaluating -> Training",
+        "Training -> Suspended",
+        "Suspended -> Training",
+        "Training -> Succeeded",
+    ]
+
+
+async def _if_not_suspended(api: Any, name: str) -> dict[str, Any] | None:
+    job = await api.get("Job", name)
+    return job if job is not None and job["spec"].get("suspend") is False else None
+
+
+async def test_delete_removes_the_trainer_jobs(
+    api: Any, ftj_operator: Any, kubelet: Any, models_dir: Path
+) -> None:
+    trainer = TrainerDouble(api, kubelet, models_dir)
+    await api.create(finetune_manifest("gone"))
+    await api.wait_for(lambda: api.get("Job", "gone-r0"), what="baseline Job")
+    await trainer.succeed("gone", 0, 0.3)
+    await api.wait_for(lambda: api.get("Job", "gone-r1"), what="round 1 Job")
+    obj = await api.get("FineTuneJob", "gone")
+    assert obj is not None and "lightning-op.dev/finalizer" in obj["metadata"]["finalizers"]
+
+    await api.delete("FineTuneJob", "gone")
+
+    async def all_gone() -> bool:
+        return await api.get("FineTuneJob", "gone") is None and await api.list("Job") == []
+
+    await api.wait_for(all_gone, what="FineTuneJob and its Jobs deleted")
+    layout_dir = models_dir / "finetunejobs" / "test"
+    assert any(layout_dir.iterdir()), "files on the model volume (dataset, adapters) are kept"
