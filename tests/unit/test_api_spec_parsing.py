@@ -118,3 +118,20 @@ def test_embedded_grader_keeps_its_own_keys() -> None:
     grader = {"type": "score_model", "model": "gpt-4o-mini", "range": [0, 10], "pass_threshold": 7}
     spec = labeling.parse_spec(body("RewardLabeling", {"grader": grader}))
     assert spec.grader.to_spec_dict() == {**grader, "range": [0.0, 10.0]}
+
+
+@pytest.mark.parametrize(
+    ("grader", "threshold", "normalized"),
+    [
+        pytest.param({"preset": "tool_selection"}, 0.75, 0.75, id="rule-grader-already-0-1"),
+        pytest.param({"type": "score_model", "range": [0, 10]}, 7.5, 0.75, id="judge-0-10"),
+        pytest.param({"type": "score_model", "range": [1, 5]}, 4.0, 0.75, id="judge-1-5"),
+    ],
+)
+def test_threshold_is_in_grader_units_and_normalises_to_0_1(
+    grader: dict[str, object], threshold: float, normalized: float
+) -> None:
+    from lightning_op.api import finetune
+
+    spec = finetune.EvaluationSpec.model_validate({"grader": grader, "threshold": threshold})
+    assert spec.normalized_threshold() == pytest.approx(normalized)

@@ -197,7 +197,7 @@ BAD: list[tuple[str, str, dict[str, Any], str, str]] = [
         "ftj",
         {"spec.evaluation.threshold": 1.2},
         "spec.evaluation.threshold",
-        "maximum",
+        "within the grader's range",
     ),
     (
         "ftj-threshold-outside-grader-range",
@@ -439,6 +439,11 @@ GOOD: list[tuple[str, str, dict[str, Any]]] = [
         "ftj-threshold-inside-grader-range",
         "ftj",
         {"spec.evaluation.grader": {**SCORE_JUDGE, "range": [0, 1]}, "spec.evaluation.threshold": 0.8},
+    ),
+    (
+        "ftj-threshold-in-judge-units",
+        "ftj",
+        {"spec.evaluation.grader": {**SCORE_JUDGE, "range": [0, 10]}, "spec.evaluation.threshold": 7.5},
     ),
     ("ftj-toleration-exists-no-value", "ftj", {"spec.resources.tolerations": [{"operator": "Exists"}]}),
     ("mp-model-by-name", "mp", {"spec.model": {"name": "support-agent-tuned-v2"}}),

@@ -123,10 +123,14 @@ class Hyperparameters(ApiModel):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = Field(default=42, description="Random seed.")
 
 
+# The threshold is in the grader's own units: a score_model with ``range: [0, 10]`` takes 7.5;
+# every other grader scores in [0, 1]. ``normalized_threshold()`` maps it onto [0, 1], the scale
+# graders report on and evaluation rounds compare against.
 _THRESHOLD_IN_RANGE = cel_rule(
-    "!has(self.grader.type) || self.grader.type != 'score_model' || !has(self.grader.range)"
-    " || (self.threshold >= self.grader.range[0] && self.threshold <= self.grader.range[1])",
-    "threshold must lie within the grader's range",
+    "(has(self.grader.type) && self.grader.type == 'score_model' && has(self.grader.range))"
+    " ? (self.threshold >= self.grader.range[0] && self.threshold <= self.grader.range[1])"
+    " : self.threshold <= 1.0",
+    "threshold must lie within the grader's range ([0, 1] unless a score_model grader declares a range)",
     field_path=".threshold",
 )
 
@@ -137,11 +141,11 @@ class EvaluationSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra=cel_rules(_THRESHOLD_IN_RANGE))
 
     grader: EmbeddedGrader = Field(description="The grader that scores the tuned model on held-out episodes.")
-    threshold: Fraction = Field(
+    threshold: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
         default=0.75,
         description=(
-            "Score in [0, 1] a round must reach to succeed; with a score_model grader that declares a "
-            "range, it must also lie within that range."
+            "Score a round must reach to succeed, in the grader's units: within the range of a "
+            "score_model grader that declares one (e.g. 7.5 on [0, 10]), else in [0, 1]."
         ),
     )
     max_rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)] = Field(
@@ -151,16 +155,24 @@ class EvaluationSpec(ApiModel):
         default=0.6, description="Each new round's learning rate is the previous one times this."
     )
 
-    @model_validator(mode="after")
-    def _threshold_in_range(self) -> EvaluationSpec:
+    def _declared_range(self) -> tuple[float, float]:
         grader_range = self.grader.range
         if self.grader.type == GraderType.SCORE_MODEL and grader_range is not None:
-            if not grader_range[0] <= self.threshold <= grader_range[1]:
-                raise FieldValueError(
-                    "threshold",
-                    f"threshold {self.threshold} must lie within the grader's range "
-                    f"[{grader_range[0]:g}, {grader_range[1]:g}]",
-                )
+            return float(grader_range[0]), float(grader_range[1])
+        return 0.0, 1.0
+
+    def normalized_threshold(self) -> float:
+        """The threshold on the [0, 1] scale graders report on."""
+        low, high = self._declared_range()
+        return (self.threshold - low) / (high - low)
+
+    @model_validator(mode="after")
+    def _threshold_in_range(self) -> EvaluationSpec:
+        low, high = self._declared_range()
+        if not low <= self.threshold <= high:
+            raise FieldValueError(
+                "threshold", f"threshold {self.threshold} must lie within the grader's range [{low:g}, {high:g}]"
+            )
         return self
 
 
