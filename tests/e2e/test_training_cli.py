@@ -43,7 +43,9 @@ def cli(*args: str, check: bool = True, timeout: float = 240) -> subprocess.Comp
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
     )
     if check:
-        assert result.returncode == 0, f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == 0, (
+            f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -59,7 +61,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("training-cli")
     base = demo_model.build_flawed_base(
-        root / "base", demo_model.BaseModelSettings(hidden_size=64, steps=400, learning_rate=5e-3, p_right=0.3)
+        root / "base",
+        demo_model.BaseModelSettings(hidden_size=64, steps=400, learning_rate=5e-3, p_right=0.3),
     )
     right = [agent.tool_call_row(q, q.expected_tool) for q in agent.traffic(90, seed=3)]
     return {
@@ -67,25 +70,61 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "base": base,
         "train": write_rows(root / "train.jsonl", right[:80]),
         "validation": write_rows(root / "validation.jsonl", right[80:]),
-        "eval": write_rows(root / "heldout.jsonl", [agent.tool_call_row(q, q.expected_tool) for q in agent.heldout_queries()]),
+        "eval": write_rows(
+            root / "heldout.jsonl", [agent.tool_call_row(q, q.expected_tool) for q in agent.heldout_queries()]
+        ),
         "store": root / "episodes.db",
     }
 
 
 def start_args(ws: dict[str, Path], *extra: str) -> list[str]:
     return [
-        "start-training", "--store", f"sqlite:///{ws['store']}", "--agent-id", "analytics-agent",
-        "--base-model", str(ws["base"]), "--train-file", str(ws["train"]),
-        "--validation-file", str(ws["validation"]), "--eval-file", str(ws["eval"]),
-        "--lora-rank", "8", "--batch-size", "8", "--max-new-tokens", "96", "--seed", "0",
-        "--workdir", str(ws["root"] / "jobs"), *extra,
+        "start-training",
+        "--store",
+        f"sqlite:///{ws['store']}",
+        "--agent-id",
+        "analytics-agent",
+        "--base-model",
+        str(ws["base"]),
+        "--train-file",
+        str(ws["train"]),
+        "--validation-file",
+        str(ws["validation"]),
+        "--eval-file",
+        str(ws["eval"]),
+        "--lora-rank",
+        "8",
+        "--batch-size",
+        "8",
+        "--max-new-tokens",
+        "96",
+        "--seed",
+        "0",
+        "--workdir",
+        str(ws["root"] / "jobs"),
+        *extra,
     ]
 
 
 @pytest.fixture(scope="module")
 def lifted_job(workspace: dict[str, Path]) -> dict[str, Any]:
-    result = cli(*start_args(workspace, "--epochs", "4", "--learning-rate", "5e-3", "--threshold", "0.75",
-                             "--max-rounds", "3", "--job-id", "lift", "-o", "json"))
+    result = cli(
+        *start_args(
+            workspace,
+            "--epochs",
+            "4",
+            "--learning-rate",
+            "5e-3",
+            "--threshold",
+            "0.75",
+            "--max-rounds",
+            "3",
+            "--job-id",
+            "lift",
+            "-o",
+            "json",
+        )
+    )
     job: dict[str, Any] = json.loads(result.stdout)
     return job
 
@@ -110,14 +149,40 @@ def test_training_lifts_the_score_over_the_threshold(lifted_job: dict[str, Any])
 
 
 def test_rounds_record_the_decayed_learning_rate(workspace: dict[str, Path]) -> None:
-    started = cli(*start_args(workspace, "--epochs", "1", "--learning-rate", "1e-5", "--threshold", "1.0",
-                              "--max-rounds", "2", "--lr-decay", "0.5", "--job-id", "decay", "--no-wait",
-                              "-o", "json"))
+    started = cli(
+        *start_args(
+            workspace,
+            "--epochs",
+            "1",
+            "--learning-rate",
+            "1e-5",
+            "--threshold",
+            "1.0",
+            "--max-rounds",
+            "2",
+            "--lr-decay",
+            "0.5",
+            "--job-id",
+            "decay",
+            "--no-wait",
+            "-o",
+            "json",
+        )
+    )
     assert json.loads(started.stdout)["id"] == "decay"
     deadline = time.monotonic() + 240
     while True:
-        job = json.loads(cli("get-training-status", "--store", f"sqlite:///{workspace['store']}",
-                             "--job", "decay", "-o", "json").stdout)
+        job = json.loads(
+            cli(
+                "get-training-status",
+                "--store",
+                f"sqlite:///{workspace['store']}",
+                "--job",
+                "decay",
+                "-o",
+                "json",
+            ).stdout
+        )
         if job["phase"] in ("Succeeded", "Failed", "Cancelled") or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -129,11 +194,15 @@ def test_rounds_record_the_decayed_learning_rate(workspace: dict[str, Path]) -> 
     assert config["hyperparameters"]["learningRate"] == pytest.approx(5e-6)
     assert config["initAdapter"] == job["rounds"][0]["checkpoint"]
     # What the trainer actually stepped with never exceeded the decayed rate.
-    used = [json.loads(line).get("learningRate") for line in (round2 / "progress.jsonl").read_text().splitlines()]
+    used = [
+        json.loads(line).get("learningRate") for line in (round2 / "progress.jsonl").read_text().splitlines()
+    ]
     assert max(lr for lr in used if lr is not None) <= 5e-6 * (1 + 1e-9)
 
 
-def test_status_prints_the_round_epoch_loss_score_table(workspace: dict[str, Path], lifted_job: dict[str, Any]) -> None:
+def test_status_prints_the_round_epoch_loss_score_table(
+    workspace: dict[str, Path], lifted_job: dict[str, Any]
+) -> None:
     out = cli("get-training-status", "--store", f"sqlite:///{workspace['store']}", "--job", "lift").stdout
     for header in ("round", "epoch", "train loss", "valid loss", "reward/score"):
         assert header in out
@@ -145,8 +214,17 @@ def test_status_prints_the_round_epoch_loss_score_table(workspace: dict[str, Pat
 def test_report_is_a_self_contained_html_page_with_plots(
     workspace: dict[str, Path], lifted_job: dict[str, Any], tmp_path: Path
 ) -> None:
-    result = cli("report", "--store", f"sqlite:///{workspace['store']}", "--job", "lift",
-                 "--output", str(tmp_path / "report"), "-o", "json")
+    result = cli(
+        "report",
+        "--store",
+        f"sqlite:///{workspace['store']}",
+        "--job",
+        "lift",
+        "--output",
+        str(tmp_path / "report"),
+        "-o",
+        "json",
+    )
     info = json.loads(result.stdout)
     index = Path(info["report"])
     html = index.read_text()
@@ -159,13 +237,20 @@ def test_report_is_a_self_contained_html_page_with_plots(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        pytest.param(["--base-model", "/nonexistent/model", "--train-file", "X"], "not a model directory",
-                     id="no-model"),
-        pytest.param(["--base-model", "BASE", "--dataset", "nope"], "no dataset named 'nope'", id="unknown-dataset"),
+        pytest.param(
+            ["--base-model", "/nonexistent/model", "--train-file", "X"],
+            "not a model directory",
+            id="no-model",
+        ),
+        pytest.param(
+            ["--base-model", "BASE", "--dataset", "nope"], "no dataset named 'nope'", id="unknown-dataset"
+        ),
     ],
 )
 def test_bad_input_fails_with_one_line(workspace: dict[str, Path], args: list[str], message: str) -> None:
-    args = [str(workspace["base"]) if a == "BASE" else str(workspace["train"]) if a == "X" else a for a in args]
+    args = [
+        str(workspace["base"]) if a == "BASE" else str(workspace["train"]) if a == "X" else a for a in args
+    ]
     result = cli("start-training", "--store", f"sqlite:///{workspace['store']}", *args, check=False)
     assert result.returncode == 1
     assert message in result.stderr

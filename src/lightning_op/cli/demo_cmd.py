@@ -41,7 +41,9 @@ class _Screen:
             self._close_bar()
             self.number += 1
             elapsed = time.monotonic() - self.started
-            self.console.print(f"\n[bold cyan]{self.number}. {event.text}[/bold cyan] [dim]({elapsed:.0f}s)[/dim]")
+            self.console.print(
+                f"\n[bold cyan]{self.number}. {event.text}[/bold cyan] [dim]({elapsed:.0f}s)[/dim]"
+            )
         elif event.kind == "detail":
             if self.progress is not None:
                 self.progress.console.print(f"   {event.text}", highlight=False)
@@ -61,19 +63,35 @@ class _Screen:
                 self.progress.start()
             if self.task is None:
                 self.task = self.progress.add_task(event.text, total=event.total)
-            self.progress.update(self.task, description=event.text, completed=event.done or 0, total=event.total)
+            self.progress.update(
+                self.task, description=event.text, completed=event.done or 0, total=event.total
+            )
 
     def close(self) -> None:
         self._close_bar()
 
 
 @click.command("demo")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
-              show_default=True, help="Where the demo keeps its store, models, datasets and report (reset each run).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the model, the traffic and training.")
-@click.option("--fast", is_flag=True, help="A smaller model and less traffic (for tests; about half the time).")
-@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="CPU threads per process (1 is fastest on a small shared machine).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Where the demo keeps its store, models, datasets and report (reset each run).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for the model, the traffic and training."
+)
+@click.option(
+    "--fast", is_flag=True, help="A smaller model and less traffic (for tests; about half the time)."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="CPU threads per process (1 is fastest on a small shared machine).",
+)
 def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
     """Run the closed loop end to end: capture, label, dry run, fine-tune, promote, compare."""
     from lightning_op.demo import run
@@ -96,16 +114,24 @@ def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
     screen.close()
     console.print("\n[bold]Before / after[/bold]")
     rows = [
-        (family, f"{before:.2f}", f"{after:.2f}") for family, (before, after) in sorted(result.per_family.items())
+        (family, f"{before:.2f}", f"{after:.2f}")
+        for family, (before, after) in sorted(result.per_family.items())
     ]
     rows.append(("all held-out queries", f"{result.before:.2f}", f"{result.after:.2f}"))
-    _common.print_table("tool-selection accuracy (held-out, greedy)", ["query family", "before", "after"], rows)
+    _common.print_table(
+        "tool-selection accuracy (held-out, greedy)", ["query family", "before", "after"], rows
+    )
     live = result.comparison
     _common.print_table(
         "live traffic by model version (compare-versions)",
         ["model version", "episodes", "avg reward", "error rate"],
         [
-            (side["modelVersion"], side["episodes"], f"{side['avgReward'] or 0:.2f}", f"{side['errorRate']:.2f}")
+            (
+                side["modelVersion"],
+                side["episodes"],
+                f"{side['avgReward'] or 0:.2f}",
+                f"{side['errorRate']:.2f}",
+            )
             for side in (live["before"], live["after"])
         ],
     )
@@ -115,8 +141,11 @@ def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
         highlight=False,
     )
     console.print(f"report: {result.report}", highlight=False)
-    console.print(f"store: sqlite:///{(workdir / 'episodes.db').resolve()}  (try: lightning-op compare-versions "
-                  f"--store sqlite:///{(workdir / 'episodes.db').resolve()} --agent-id {run.AGENT_ID})",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"store: sqlite:///{(workdir / 'episodes.db').resolve()}  (try: lightning-op compare-versions "
+        f"--store sqlite:///{(workdir / 'episodes.db').resolve()} --agent-id {run.AGENT_ID})",
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print(f"finished in {result.seconds:.0f}s", highlight=False)
     click.echo(result.summary_line())

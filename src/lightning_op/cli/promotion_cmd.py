@@ -19,7 +19,9 @@ from lightning_op.pipeline import promotion
 
 @click.command("promote-model")
 @_common.store_option
-@click.option("--job", "job_id", default=None, metavar="ID", help="A finished training job: promote its best adapter.")
+@click.option(
+    "--job", "job_id", default=None, metavar="ID", help="A finished training job: promote its best adapter."
+)
 @click.option(
     "--adapter",
     type=click.Path(file_okay=False, path_type=Path),
@@ -100,22 +102,52 @@ def promote_model(
         console.print(f"the server at {serve_url} now answers {record['promotedModel']} with this adapter")
     else:
         console.print("no --serve-url: recorded only; point your model server at the adapter to serve it")
-    console.print(f"recorded as {record['id']}; verify on live traffic with: lightning-op compare-versions "
-                  f"--agent-id {agent_id or 'AGENT'}", highlight=False)
+    console.print(
+        f"recorded as {record['id']}; verify on live traffic with: lightning-op compare-versions "
+        f"--agent-id {agent_id or 'AGENT'}",
+        highlight=False,
+    )
 
 
 @click.command("compare-versions")
 @_common.store_option
 @click.option("--agent-id", required=True, metavar="AGENT", help="The agent whose live episodes to compare.")
-@click.option("--before", default=None, metavar="VERSION", help="The earlier model version (default: from the last promotion).")
-@click.option("--after", default=None, metavar="VERSION", help="The later model version (default: from the last promotion).")
-@click.option("--since", default=None, metavar="TIME", help="Only episodes from TIME on: ISO 8601 or an age (7d).")
-@click.option("--max-reward-drop", type=float, default=0.05, show_default=True,
-              help="Verification: a larger drop of the average reward fails.")
-@click.option("--max-error-rate-increase", type=float, default=0.05, show_default=True,
-              help="Verification: a larger rise of the error rate fails.")
-@click.option("--min-episodes", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Verification: labeled episodes of the new version needed for a verdict.")
+@click.option(
+    "--before",
+    default=None,
+    metavar="VERSION",
+    help="The earlier model version (default: from the last promotion).",
+)
+@click.option(
+    "--after",
+    default=None,
+    metavar="VERSION",
+    help="The later model version (default: from the last promotion).",
+)
+@click.option(
+    "--since", default=None, metavar="TIME", help="Only episodes from TIME on: ISO 8601 or an age (7d)."
+)
+@click.option(
+    "--max-reward-drop",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Verification: a larger drop of the average reward fails.",
+)
+@click.option(
+    "--max-error-rate-increase",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Verification: a larger rise of the error rate fails.",
+)
+@click.option(
+    "--min-episodes",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Verification: labeled episodes of the new version needed for a verdict.",
+)
 @_common.output_option
 @_common.handle_errors
 def compare_versions(
@@ -133,7 +165,9 @@ def compare_versions(
     since_time = _common.parse_time(since, "--since")
     with _common.open_store(store_url) as store:
         comparison = promotion.compare_versions(store, agent_id, before, after, since_time)
-    verdict = promotion.verification_verdict(comparison, max_reward_drop, max_error_rate_increase, min_episodes)
+    verdict = promotion.verification_verdict(
+        comparison, max_reward_drop, max_error_rate_increase, min_episodes
+    )
     if output == "json":
         _common.print_json({**comparison.to_json_dict(), "verification": verdict.to_json_dict()})
         return
@@ -141,18 +175,27 @@ def compare_versions(
     def fmt(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"
 
-    rows = [
+    rows: list[tuple[str, str, int, int | str, str, str]] = [
         (label, side.model_version, side.episodes, side.labeled, fmt(side.avg_reward), fmt(side.error_rate))
         for label, side in (("before", comparison.before), ("after", comparison.after))
     ]
     delta = comparison.reward_delta
-    rows.append(("change", "", comparison.after.episodes - comparison.before.episodes, "",
-                 "–" if delta is None else f"{delta:+.3f}", f"{comparison.error_rate_delta:+.3f}"))
+    rows.append(
+        (
+            "change",
+            "",
+            comparison.after.episodes - comparison.before.episodes,
+            "",
+            "–" if delta is None else f"{delta:+.3f}",
+            f"{comparison.error_rate_delta:+.3f}",
+        )
+    )
     _common.print_table(
         f"agent {agent_id}: live episodes by model version",
         ["", "model version", "episodes", "labeled", "avgReward", "errorRate"],
         rows,
     )
     colour = {"Passed": "green", "Failed": "red"}.get(verdict.status.value, "yellow")
-    _common.console.print(f"verification: [{colour}]{verdict.status.value}[/{colour}]: {verdict.message}",
-                          highlight=False)
+    _common.console.print(
+        f"verification: [{colour}]{verdict.status.value}[/{colour}]: {verdict.message}", highlight=False
+    )

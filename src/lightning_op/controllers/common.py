@@ -237,7 +237,7 @@ def update_status(body: Mapping[str, Any], patch: kopf.Patch, fields: Mapping[st
     stored = body.get("status") or {}
     changed = False
     for key, value in fields.items():
-        value = value
+        value = _without_nulls(value)
         if current.get(key) == value or (value is None and key not in current):
             continue
         # Relative to the stored status, which kopf's merge patch applies to (it replaces what an

@@ -28,8 +28,16 @@ log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = "You are an analytics agent. Call one tool."
 SEGMENTS = [
-    "enterprise", "smb", "startup", "retail", "education",
-    "healthcare", "government", "nonprofit", "media", "logistics",
+    "enterprise",
+    "smb",
+    "startup",
+    "retail",
+    "education",
+    "healthcare",
+    "government",
+    "nonprofit",
+    "media",
+    "logistics",
 ]
 REGIONS = ["north", "south", "east", "west", "emea", "apac", "latam", "nordics", "benelux", "iberia"]
 #: the share of (template, value) combinations held out for measuring accuracy
@@ -119,7 +127,11 @@ FAMILIES: tuple[Family, ...] = (
 )
 FAMILY_BY_TOOL = {f.tool: f for f in FAMILIES}
 #: the flaw: for these families the base model usually calls the tool on the right instead
-CONFUSIONS = {"segment_risk": "analyze_churn", "forecast_sales": "sales_report", "top_products": "sales_report"}
+CONFUSIONS = {
+    "segment_risk": "analyze_churn",
+    "forecast_sales": "sales_report",
+    "top_products": "sales_report",
+}
 
 
 @dataclass(frozen=True)
@@ -198,9 +210,12 @@ def tool_call_row(query: Query, tool: str) -> dict[str, Any]:
         "messages": [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": query.text},
-            {"role": "assistant", "tool_calls": [
-                {"id": "call_0", "type": "function", "function": {"name": tool, "arguments": arguments}}
-            ]},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "call_0", "type": "function", "function": {"name": tool, "arguments": arguments}}
+                ],
+            },
         ]
     }
 
@@ -222,18 +237,27 @@ def analyze_churn(segment: str) -> dict[str, Any]:
 
 
 def segment_risk(segment: str) -> dict[str, Any]:
-    return {"segment": segment, "atRiskAccounts": int(_figure("risk", segment, high=300)),
-            "riskScore": _figure("score", segment)}
+    return {
+        "segment": segment,
+        "atRiskAccounts": int(_figure("risk", segment, high=300)),
+        "riskScore": _figure("score", segment),
+    }
 
 
 def sales_report(region: str) -> dict[str, Any]:
-    return {"region": region, "revenue": int(_figure("sales", region, low=1e5, high=5e6)),
-            "growth": _figure("growth", region, low=-0.1, high=0.3)}
+    return {
+        "region": region,
+        "revenue": int(_figure("sales", region, low=1e5, high=5e6)),
+        "growth": _figure("growth", region, low=-0.1, high=0.3),
+    }
 
 
 def forecast_sales(region: str) -> dict[str, Any]:
-    return {"region": region, "forecast": int(_figure("forecast", region, low=1e5, high=6e6)),
-            "confidence": _figure("confidence", region, low=0.6, high=0.95)}
+    return {
+        "region": region,
+        "forecast": int(_figure("forecast", region, low=1e5, high=6e6)),
+        "confidence": _figure("confidence", region, low=0.6, high=0.95),
+    }
 
 
 def top_products(region: str) -> dict[str, Any]:
@@ -354,8 +378,9 @@ class AnalyticsAgent:
         if self.recorder is None:
             return
         context = {"expected_tool": query.expected_tool, "family": query.family, "template": query.template}
-        rec = self.recorder.record(query.text, session_id=session_id, turn=turn, context=context,
-                                   model_version=self.model)
+        rec = self.recorder.record(
+            query.text, session_id=session_id, turn=turn, context=context, model_version=self.model
+        )
         with rec:
             for m in messages:
                 rec.message(m["role"], m["content"])
@@ -367,8 +392,11 @@ class AnalyticsAgent:
             if tool is not None:
                 rec.action(tool, arguments)
                 if calls:
-                    rec.message("tool", json.dumps(result if error is None else {"error": error}),
-                                tool_call_id=calls[0].get("id") or "call_0")
+                    rec.message(
+                        "tool",
+                        json.dumps(result if error is None else {"error": error}),
+                        tool_call_id=calls[0].get("id") or "call_0",
+                    )
             rec.result(result)
             if error is not None:
                 rec.error(error)

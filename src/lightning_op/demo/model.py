@@ -65,14 +65,18 @@ def build_flawed_base(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tiny.build_tiny_model(
-        path, hidden_size=settings.hidden_size, layers=settings.layers, heads=settings.heads,
-        max_positions=512, seed=settings.seed,
+        path,
+        hidden_size=settings.hidden_size,
+        layers=settings.layers,
+        heads=settings.heads,
+        max_positions=512,
+        seed=settings.seed,
     )
     tokenizer = AutoTokenizer.from_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(out)
+    model: Any = AutoModelForCausalLM.from_pretrained(out)
     examples = []
     for row in flawed_rows(settings):
-        encoded = tokenizer.apply_chat_template(
+        encoded: Any = tokenizer.apply_chat_template(
             row["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
         )
         ids = torch.tensor(encoded["input_ids"])
@@ -87,7 +91,9 @@ def build_flawed_base(
     model.train()
     pad = tokenizer.pad_token_id
     for step in range(settings.steps):
-        batch = [examples[(step * settings.batch_size + j) % len(examples)] for j in range(settings.batch_size)]
+        batch = [
+            examples[(step * settings.batch_size + j) % len(examples)] for j in range(settings.batch_size)
+        ]
         width = max(len(ids) for ids, _ in batch)
         inputs = torch.full((len(batch), width), pad)
         labels = torch.full((len(batch), width), -100)

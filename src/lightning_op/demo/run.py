@@ -139,7 +139,9 @@ class DemoError(RuntimeError):
 class ServiceProcess:
     """A ``python -m lightning_op.cli ...`` service; its URL is read from the line it logs when listening."""
 
-    def __init__(self, name: str, args: Sequence[str], pattern: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, args: Sequence[str], pattern: str, env: dict[str, str], log_path: Path
+    ) -> None:
         self.name = name
         self.args = list(args)
         self.pattern = re.compile(pattern)
@@ -180,8 +182,14 @@ class ServiceProcess:
     def wait_ready(self, timeout: float) -> str:
         if not self._ready.wait(timeout) or not self.url:
             self.stop()
-            tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-1500:] if self.log_path.exists() else ""
-            raise DemoError(f"{self.name} did not start within {timeout:.0f}s; its log ({self.log_path}):\n{tail}")
+            tail = (
+                self.log_path.read_text(encoding="utf-8", errors="replace")[-1500:]
+                if self.log_path.exists()
+                else ""
+            )
+            raise DemoError(
+                f"{self.name} did not start within {timeout:.0f}s; its log ({self.log_path}):\n{tail}"
+            )
         return self.url
 
     def stop(self, timeout: float = 20.0) -> None:
@@ -200,7 +208,9 @@ class ServiceProcess:
     def __enter__(self) -> ServiceProcess:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -307,14 +317,19 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
         # 1. the base model
         step("Build the agent's base model (tiny Llama, pre-trained on its flawed tool choices)")
         base_settings = model_mod.BaseModelSettings(
-            hidden_size=settings.base_hidden, steps=settings.base_steps, p_right=settings.p_right, seed=settings.seed
+            hidden_size=settings.base_hidden,
+            steps=settings.base_steps,
+            p_right=settings.p_right,
+            seed=settings.seed,
         )
         base_dir = workdir / "models" / BASE_NAME
         if _cached_base(base_dir, base_settings):
             detail(f"reusing {base_dir} (same settings)")
         else:
             model_mod.build_flawed_base(
-                base_dir, base_settings, on_progress=lambda s, n, loss: progress(f"pre-training (loss {loss:.3f})", s, n)
+                base_dir,
+                base_settings,
+                on_progress=lambda s, n, loss: progress(f"pre-training (loss {loss:.3f})", s, n),
             )
             detail(f"wrote {base_dir}")
         flaws = ", ".join(f"{a} -> {b}" for a, b in agent_mod.CONFUSIONS.items())
@@ -326,7 +341,17 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
         detail(f"collector  {collector_url}  (store {store_url})")
         server = ServiceProcess(
             "model server",
-            ["serve", "--base", str(base_dir), "--base-name", BASE_NAME, "--tuned-name", TUNED_NAME, "--port", "0"],
+            [
+                "serve",
+                "--base",
+                str(base_dir),
+                "--base-name",
+                BASE_NAME,
+                "--tuned-name",
+                TUNED_NAME,
+                "--port",
+                "0",
+            ],
             r"model server listening on (http://\S+)/v1",
             env,
             logs / "serve.log",
@@ -359,11 +384,15 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
             queries = agent_mod.traffic(count, seed)
             right = 0
             for i, query in enumerate(queries):
-                turn = bot.answer(query, session_id=f"{label}-{i // 10}", turn=i % 10, seed=seed * 100_003 + i)
+                turn = bot.answer(
+                    query, session_id=f"{label}-{i // 10}", turn=i % 10, seed=seed * 100_003 + i
+                )
                 right += int(turn.correct)
                 progress(f"agent traffic ({model})", i + 1, count)
             if not recorder.flush(timeout=30):
-                raise DemoError(f"the capture client could not deliver episodes to {collector_url}: {recorder.stats}")
+                raise DemoError(
+                    f"the capture client could not deliver episodes to {collector_url}: {recorder.stats}"
+                )
             return right / count
 
         step(f"Run the agent on {settings.traffic_before} user queries (sampling, top_p 0.9) with capture on")
@@ -390,7 +419,8 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
             return labeled, checked
 
         labeled, checked = asyncio.run(label_and_dry_run())
-        detail(f"labeled {labeled.labeled} episodes (mean reward {labeled.mean_score or 0:.2f}, {labeled.failed} failed)")
+        mean = labeled.mean_score or 0.0
+        detail(f"labeled {labeled.labeled} episodes (mean reward {mean:.2f}, {labeled.failed} failed)")
         metrics = checked.metrics
         detail(
             f"dry run: mean {metrics.mean or 0:.2f}, std {metrics.std or 0:.2f}, above zero "
@@ -400,11 +430,15 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
         for message in checked.verdict.messages:
             detail(f"  {message}")
         if checked.verdict.verdict is dryrun.VerdictLevel.NO_GO:
-            raise DemoError("the dry run says NO-GO: these rewards carry no learning signal, so the demo stops here")
+            raise DemoError(
+                "the dry run says NO-GO: these rewards carry no learning signal, so the demo stops here"
+            )
 
         # 6. dataset
         step(f"Build the dataset from episodes with reward >= {settings.min_reward}")
-        options = build.BuildOptions(agent_id=AGENT_ID, min_reward=settings.min_reward, validation_fraction=0.1)
+        options = build.BuildOptions(
+            agent_id=AGENT_ID, min_reward=settings.min_reward, validation_fraction=0.1
+        )
         stats = build.build_dataset(
             store.iter_json(store_base.EpisodeQuery(**options.query_filter())),
             options,
@@ -475,7 +509,8 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
             previous_model=BASE_NAME,
             serve_url=serve_url,
         )
-        detail(f"{promoted['id']}: {promoted['previousModel']} -> {promoted['promotedModel']} ({promoted['adapter']})")
+        detail(f"{promoted['id']}: {promoted['previousModel']} -> {promoted['promotedModel']}")
+        detail(f"adapter {promoted['adapter']}")
 
         # 9. replay and compare
         step(f"Replay the held-out queries through {TUNED_NAME} and send it fresh traffic")
@@ -537,7 +572,9 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
 
 
 def _families_text(per: dict[str, tuple[int, int]]) -> str:
-    return "(" + ", ".join(f"{family} {right}/{total}" for family, (right, total) in sorted(per.items())) + ")"
+    return (
+        "(" + ", ".join(f"{family} {right}/{total}" for family, (right, total) in sorted(per.items())) + ")"
+    )
 
 
 class _RoundWatcher:
@@ -555,7 +592,7 @@ class _RoundWatcher:
             self.baseline_seen = True
             self.detail(f"baseline: the base model scores {baseline['score']:.2f} on the held-out queries")
         done = [r for r in job.get("rounds") or [] if not r.get("running")]
-        for entry in done[self.rounds_seen:]:
+        for entry in done[self.rounds_seen :]:
             score = entry.get("score")
             shown = f"{score:.2f}" if score is not None else f"failed ({entry.get('message')})"
             self.detail(

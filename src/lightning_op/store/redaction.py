@@ -897,12 +897,18 @@ class Redactor:
         Parts with nothing to redact are shared with ``episode``; neither is modified. Raises
         ``ValueError`` naming the field when a JSON field grows past its size limit.
         """
+        clean = self.redacted_episode(episode)
+        return episode.model_copy() if clean is episode else clean
+
+    def redacted_episode(self, episode: ep.Episode) -> ep.Episode:
+        """Like ``redact_episode``, but ``episode`` itself (no copy) when nothing was replaced: for a
+        caller that only serialises the result, such as a store's insert."""
         run = self._pass_for(_episode_strings(episode))
         if run is None:
-            return episode.model_copy()
+            return episode
         update = run.episode(episode)
         if not run.counts:
-            return episode.model_copy()
+            return episode
         totals = dict(episode.redactions)
         for kind, n in run.counts.items():
             totals[kind] = totals.get(kind, 0) + n

@@ -113,6 +113,18 @@ def _episode_doc(episode: ep.Episode) -> str:
     return doc
 
 
+def _new_episode_doc(episode: ep.Episode, labeled: bool) -> str:
+    """``_episode_doc`` of ``episode`` as inserted (revision 1, ``labeled``), without copying the model:
+    ``revision`` is the model's last field, so its value is replaced at the end of the text."""
+    if labeled == episode.labeled:
+        doc = _episode_doc(episode)
+        old = f',"revision":{episode.revision}'
+        end = len(doc) - 1 if episode.reward is not None else len(doc) - len(',"reward":null}')
+        if doc.startswith(old, end - len(old)):
+            return f'{doc[: end - len(old)]},"revision":1{doc[end:]}'
+    return _episode_doc(episode.model_copy(update={"revision": 1, "labeled": labeled}))
+
+
 def _labeled_episode(
     episode: ep.Episode, revision: int, label: ep.Label, counts: dict[str, int]
 ) -> ep.Episode:
@@ -581,20 +593,20 @@ class SQLiteStore:
             return result
         # Redact and serialise before taking the write lock, to hold it as briefly as possible.
         rows: list[tuple[Any, ...]] = []
+        redacted = self._redactor.redacted_episode
         for episode in episodes:
-            clean = self._redactor.redact_episode(episode)
-            clean.revision = 1
-            clean.labeled = clean.labeled or clean.reward is not None
+            clean = redacted(episode)
+            labeled = clean.labeled or clean.reward is not None
             rows.append(
                 (
                     clean.id,
                     clean.agent_id,
                     _micros(clean.timestamp),
-                    int(clean.labeled),
+                    int(labeled),
                     clean.reward,
                     clean.model_version,
                     1,
-                    _episode_doc(clean),
+                    _new_episode_doc(clean, labeled),
                 )
             )
         ids = [row[0] for row in rows]
