@@ -85,9 +85,9 @@ def load_api_client(server: str | None = None) -> client.ApiClient:
         configuration.host = server.rstrip("/")
         return client.ApiClient(configuration)
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     return client.ApiClient()
 
 
@@ -145,7 +145,9 @@ class Cluster:
             created = _call(
                 f"create Job {namespace}/{name}",
                 lambda: self.batch.create_namespaced_job(
-                    namespace, body, field_manager=constants.FIELD_MANAGER, _preload_content=False
+                    namespace,
+                    body,  # type: ignore[arg-type]  # the client sends dicts as they are
+                    field_manager=constants.FIELD_MANAGER, _preload_content=False
                 ),
             )
             return _json(created), True
@@ -193,9 +195,12 @@ class Cluster:
     def pod_log_tail(self, namespace: str, pod: str, lines: int = 50) -> str:
         response = _call(
             f"read log of Pod {namespace}/{pod}",
-            lambda: self.core.read_namespaced_pod_log(pod, namespace, tail_lines=lines, _preload_content=False),
+            lambda: self.core.read_namespaced_pod_log(
+                pod, namespace, tail_lines=lines, _preload_content=False
+            ),
         )
-        data: bytes = response.data or b""
+        # With _preload_content=False the client returns the raw urllib3 response, not a str.
+        data: bytes = getattr(response, "data", b"") or b""
         return data.decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------ our custom resources
@@ -213,7 +218,9 @@ class Cluster:
         except NotFound:
             return None
 
-    def patch_custom_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    def patch_custom_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
         """Merge-patch the status subresource of one of our objects (daemons, which outlive kopf's patch)."""
         return _json(
             _call(
