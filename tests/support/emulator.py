@@ -190,9 +190,11 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
                     merged.pop("status", None)
                 new = merged
             elif "status" in old or "status" in new:
-                new = {**new, "status": old["status"]} if "status" in old else {
-                    k: v for k, v in new.items() if k != "status"
-                }
+                new = (
+                    {**new, "status": old["status"]}
+                    if "status" in old
+                    else {k: v for k, v in new.items() if k != "status"}
+                )
         new_meta = new.setdefault("metadata", {})
         for frozen in ("uid", "creationTimestamp", "name", "namespace"):
             if frozen in old.get("metadata", {}):
@@ -213,8 +215,10 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
             await self._emit(resource, "MODIFIED", new)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        if request.resource is not None and request.action in WRITE_ACTIONS and (
-            request.action == enums.action.CREATE or request.name is not None
+        if (
+            request.resource is not None
+            and request.action in WRITE_ACTIONS
+            and (request.action == enums.action.CREATE or request.name is not None)
         ):
             self.writes[str(request.resource.plural)] += 1
             try:
@@ -283,9 +287,7 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
             yield event
         while True:
             pending = [
-                event
-                for rv, resource, event in self._log
-                if rv > position and resource == request.resource
+                event for rv, resource, event in self._log if rv > position and resource == request.resource
             ]
             if pending:
                 position = max(rv for rv, _, _ in self._log)
@@ -310,20 +312,37 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
 def register_resources(server: kmock.KubernetesEmulator, extra: Mapping[str, Mapping[str, Any]] = {}) -> None:
     """Declare what kopf's discovery needs plus the core and batch kinds the operator touches."""
     server.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = {
-        "kind": "CustomResourceDefinition", "namespaced": False,
+        "kind": "CustomResourceDefinition",
+        "namespaced": False,
         "verbs": ["list", "watch", "get", "create", "patch", "delete"],
     }
-    server.resources["v1/namespaces"] = {"kind": "Namespace", "namespaced": False, "verbs": ["list", "watch", "get"]}
-    server.resources["v1/events"] = {"kind": "Event", "namespaced": True, "verbs": ["create", "list", "get", "patch"]}
-    server.resources["v1/pods"] = {"kind": "Pod", "namespaced": True, "verbs": ["get", "list", "watch"],
-                                   "subresources": ["status", "log"]}
+    server.resources["v1/namespaces"] = {
+        "kind": "Namespace",
+        "namespaced": False,
+        "verbs": ["list", "watch", "get"],
+    }
+    server.resources["v1/events"] = {
+        "kind": "Event",
+        "namespaced": True,
+        "verbs": ["create", "list", "get", "patch"],
+    }
+    server.resources["v1/pods"] = {
+        "kind": "Pod",
+        "namespaced": True,
+        "verbs": ["get", "list", "watch"],
+        "subresources": ["status", "log"],
+    }
     server.resources["v1/secrets"] = {"kind": "Secret", "namespaced": True, "verbs": ["get"]}
     server.resources["apps/v1/deployments"] = {
-        "kind": "Deployment", "namespaced": True, "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+        "kind": "Deployment",
+        "namespaced": True,
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
         "subresources": ["status"],
     }
     server.resources["batch/v1/jobs"] = {
-        "kind": "Job", "namespaced": True, "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+        "kind": "Job",
+        "namespaced": True,
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
         "subresources": ["status"],
     }
     for key, info in extra.items():

@@ -29,7 +29,11 @@ def deployment(env_app: list[dict[str, Any]] | None) -> dict[str, Any]:
             "template": {
                 "spec": {
                     "containers": [
-                        {"name": "sidecar", "image": "proxy:1", "env": [{"name": "MODEL_NAME", "value": "x"}]},
+                        {
+                            "name": "sidecar",
+                            "image": "proxy:1",
+                            "env": [{"name": "MODEL_NAME", "value": "x"}],
+                        },
                         app,
                     ]
                 }
@@ -57,19 +61,29 @@ def app_env(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     "initial_env",
-    [pytest.param(copy.deepcopy(BASE_ENV), id="existing-env"), pytest.param(None, id="no-env-list"),
-     pytest.param([], id="empty-env")],
+    [
+        pytest.param(copy.deepcopy(BASE_ENV), id="existing-env"),
+        pytest.param(None, id="no-env-list"),
+        pytest.param([], id="empty-env"),
+    ],
 )
 def test_set_then_restore_gives_back_the_exact_env(initial_env: list[dict[str, Any]] | None) -> None:
     before = deployment(initial_env)
     names = ["USE_TUNED_MODEL", "TUNED_MODEL_NAME"]
     snapshot = workload_env.snapshot_env(before, "agent", names)
-    promoted = apply(before, workload_env.env_patch(before, "agent", {"USE_TUNED_MODEL": "true",
-                                                                    "TUNED_MODEL_NAME": "agent-ft-1"}))
+    promoted = apply(
+        before,
+        workload_env.env_patch(
+            before, "agent", {"USE_TUNED_MODEL": "true", "TUNED_MODEL_NAME": "agent-ft-1"}
+        ),
+    )
     env = {e["name"]: e.get("value") for e in app_env(promoted)}
     assert env["USE_TUNED_MODEL"] == "true" and env["TUNED_MODEL_NAME"] == "agent-ft-1"
     # the sidecar and unrelated variables are untouched
-    assert promoted["spec"]["template"]["spec"]["containers"][0] == before["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        promoted["spec"]["template"]["spec"]["containers"][0]
+        == before["spec"]["template"]["spec"]["containers"][0]
+    )
     for entry in initial_env or []:
         if entry["name"] not in names:
             assert entry in app_env(promoted)

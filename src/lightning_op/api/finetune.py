@@ -171,7 +171,8 @@ class EvaluationSpec(ApiModel):
         low, high = self._declared_range()
         if not low <= self.threshold <= high:
             raise FieldValueError(
-                "threshold", f"threshold {self.threshold} must lie within the grader's range [{low:g}, {high:g}]"
+                "threshold",
+                f"threshold {self.threshold} must lie within the grader's range [{low:g}, {high:g}]",
             )
         return self
 
