@@ -7,12 +7,14 @@ in ``key=value`` text and under secret-named JSON keys; custom patterns counted 
 configuration errors (unknown builtin, invalid or empty-matching regex) naming the culprit; every
 place in an episode that can hold text (query, context values and keys, action arguments, message
 content, tool-call arguments even behind a JSON escape, result, error, label reasons) redacted with
-counts added to existing ones, the input left untouched and a second pass changing nothing; and,
+counts added to existing ones, the input left untouched and a second pass changing nothing; an API
+key right after a character JSON escapes (newline, tab, control) in a JSON field; and,
 end to end, planted PII never appearing in the bytes of the SQLite database or its WAL file.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -229,6 +231,41 @@ def test_every_text_field_of_an_episode_is_redacted(place: Any, value: str, kind
     # The caller's episode is untouched, and the id (derived from the raw content) is kept.
     assert value in episode.model_dump_json(by_alias=True)
     assert clean.id == episode.id
+
+
+KEY = "sk-proj-" + "A1b2C3d4" * 4
+# A key right after a character that JSON escapes ("\\n", "\\t", "\\u0001"): in the JSON text the
+# gates read, the escape's letter runs into the key, so the key's prefix no longer starts the run.
+KEY_AFTER_ESCAPE = [
+    ("context", lambda v: {"state": ep.State(query="q", context={"note": v})}),
+    ("action-arguments", lambda v: {"action": ep.Action(tool="send", arguments={"note": [v]})}),
+    ("result", lambda v: {"result": {"log": v}}),
+    (
+        "tool-call-arguments",
+        lambda v: {
+            "messages": [
+                ep.Message(
+                    role="assistant",
+                    tool_calls=[
+                        ep.ToolCall(
+                            function=ep.ToolCallFunction(
+                                name="send", arguments=json.dumps({"note": v}, ensure_ascii=False)
+                            )
+                        )
+                    ],
+                )
+            ]
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize("before", ["\n", "\t", "\x01", "line\n"], ids=["newline", "tab", "control", "text"])
+@pytest.mark.parametrize("place", [p[1] for p in KEY_AFTER_ESCAPE], ids=[p[0] for p in KEY_AFTER_ESCAPE])
+def test_a_key_right_after_an_escaped_character_in_a_json_field_is_redacted(place: Any, before: str) -> None:
+    clean = REDACTOR.redact_episode(_episode(**place(before + KEY)))
+    assert KEY not in clean.model_dump_json(by_alias=True)
+    assert clean.redactions == {"api_key": 1}
 
 
 def test_counts_add_to_existing_ones_and_a_second_pass_changes_nothing() -> None:

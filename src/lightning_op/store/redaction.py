@@ -132,7 +132,11 @@ class _View:
         """Whether a word that names a secret (password, token, api key, ...) occurs, in any case."""
         if self._names is None:
             lower = self.lower
-            self._names = any(g in lower for g in _NAME_GATES)
+            self._names = False
+            for gate in _NAME_GATES:
+                if gate in lower:
+                    self._names = True
+                    break
         return self._names
 
     @property
@@ -229,7 +233,8 @@ _TOKEN_SYMBOLS = frozenset("0123456789-._~+/=")
 
 
 def _gate_bearer(view: _View) -> bool:
-    return "earer" in view.text or "EARER" in view.text
+    # One scan of the lower-cased text (which the api_key gate reads too) instead of two.
+    return "earer" in view.lower
 
 
 def _bearer(match: re.Match[str], placeholder: str) -> str | None:
@@ -340,8 +345,10 @@ def _has_key_shape(view: _View) -> bool:
     text = view.text
     if _PEM_LINE in tokens and "PRIVATE KEY" in text:
         return True
-    if not text.isascii():
-        # UTF-8 offsets differ from string offsets: fall back to substring tests.
+    if not text.isascii() or "\\" in text:
+        # UTF-8 offsets differ from string offsets; and in JSON text (``_json_text``) an escape puts
+        # a letter right before a key ("x\\nsk-..."), so no run starts with its prefix. Fall back to
+        # substring tests.
         return any(g in text for g in _KEY_SHAPE_GATES)
     while pos >= 0:
         # ``find`` returns the lowest index, which is where a run starts.

@@ -8,7 +8,9 @@ the file.
 Layout: ``episodes`` keeps each episode as its JSON document (exactly ``Episode.to_json_dict()``)
 plus the columns queries filter and sort on (agent, timestamp in microseconds, labeled, reward,
 model version, revision); ``records`` keeps small named JSON documents. ``seq`` (the rowid) breaks
-timestamp ties, so ``(ts, seq)`` orders every episode and is the keyset of the cursors.
+timestamp ties, so ``(ts, seq)`` orders every episode and is the keyset of the cursors. Batches of
+labels (``add_labels``) are applied to the stored JSON with orjson, without validating each episode
+again; ``add_label`` goes through the model, and a test holds the two to the same result.
 
 Concurrency: one writer process (the collector, or the CLI) and any number of reader processes.
 The file is in WAL mode, so readers never block the writer nor each other; writes take the write
@@ -717,9 +719,10 @@ class SQLiteStore:
                 chunk = ids[start : start + _ID_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT seq, id, revision, doc FROM episodes WHERE id IN ({marks})"
-                # One episode at a time, parsed, labeled and dumped before the next is read: the
-                # parsed documents die young instead of filling the garbage collector's old generation.
-                for seq, episode_id, revision, doc in conn.execute(sql, chunk).fetchall():
+                # Each document is parsed, labeled and dumped before the next row is read, so parsed
+                # documents die young instead of filling the garbage collector's old generation
+                # (whose full collections cost more than the parsing).
+                for seq, episode_id, revision, doc in conn.execute(sql, chunk):
                     target = _StoredEpisode(seq, int(revision), doc)
                     for index in by_id[episode_id]:
                         expected = updates[index].expected_revision
