@@ -118,3 +118,22 @@ def test_planted_personal_data_reaches_neither_logs_nor_the_database_file(tmp_pa
     for episode in episodes:
         assert "[REDACTED:" in episode.state.query
         assert episode.redactions.get("email", 0) + episode.redactions.get("credit_card", 0) >= 1
+
+
+def test_custom_redaction_patterns_keep_matches_out_of_the_database(tmp_path: Path) -> None:
+    """``--redact-pattern`` (EpisodeCapture's spec.redaction.patterns) applies before the write."""
+    db = tmp_path / "episodes.db"
+    order_id = "ORD-8841-2290"
+    with CollectorProcess(f"sqlite:///{db}", "--redact-pattern", r"ORD-\d{4}-\d{4}") as collector:
+        episode = {"agentId": "orders", "turn": 1, "state": {"query": f"where is order {order_id}?"},
+                   "action": {"tool": "track_order", "arguments": {"order": order_id}}}
+        with httpx.Client(base_url=collector.url) as http:
+            answer = http.post("/v1/episodes", json=[episode])
+        assert answer.status_code == 200 and answer.json()["accepted"] == 1
+    assert collector.proc.returncode == 0
+    for path in tmp_path.glob("episodes.db*"):
+        assert order_id.encode() not in path.read_bytes(), f"{order_id} found in {path.name}"
+    with store_mod.open_store(f"sqlite:///{db}") as store:
+        (stored,) = store.query(store_base.EpisodeQuery(agent_id="orders")).items
+    assert stored.state.query == "where is order [REDACTED:custom]?"
+    assert stored.redactions.get("custom") == 2

@@ -18,6 +18,7 @@ import click
 from lightning_op.cli import _common
 from lightning_op.collector import server
 from lightning_op.store import base as store_base
+from lightning_op.store import redaction
 
 
 def _read_token(token_file: Path | None) -> str | None:
@@ -59,6 +60,21 @@ def _read_token(token_file: Path | None) -> str | None:
     type=click.IntRange(1),
     help="Batches waiting for the writer before clients get 429 with Retry-After.",
 )
+@click.option(
+    "--redact",
+    "redact_builtins",
+    multiple=True,
+    metavar="NAME",
+    help="Built-in detector to apply (repeatable: email, phone, credit_card, ip, ipv4, ipv6, bearer, "
+    "api_key); default: all of them.",
+)
+@click.option(
+    "--redact-pattern",
+    "redact_patterns",
+    multiple=True,
+    metavar="REGEX",
+    help="Extra regex whose matches are redacted before anything is written (repeatable).",
+)
 def collector(
     store_url: str | None,
     host: str,
@@ -66,17 +82,26 @@ def collector(
     token_file: Path | None,
     max_body_bytes: int,
     queue_size: int,
+    redact_builtins: tuple[str, ...],
+    redact_patterns: tuple[str, ...],
 ) -> None:
     """Serve POST /v1/episodes: validate episode batches and commit them to the store."""
     # A service logs its lifecycle by default, even without -v.
     collector_log = logging.getLogger("lightning_op.collector")
     if collector_log.getEffectiveLevel() > logging.INFO:
         collector_log.setLevel(logging.INFO)
+    try:
+        # Build once here so a bad detector name or regex is a one-line error before we listen.
+        redaction.Redactor(builtins=redact_builtins or None, patterns=redact_patterns)
+    except ValueError as exc:
+        _common.fail(f"collector redaction: {exc}")
     config = server.CollectorConfig(
         store_url=store_url,
         token=_read_token(token_file),
         max_body_bytes=max_body_bytes,
         queue_size=queue_size,
+        redact_builtins=redact_builtins or None,
+        redact_patterns=redact_patterns,
     )
     try:
         asyncio.run(server.serve(config, host, port))

@@ -63,6 +63,7 @@ from aiohttp import web
 from lightning_op import store as store_mod
 from lightning_op.api import episode as ep
 from lightning_op.store import base as store_base
+from lightning_op.store import redaction
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,10 @@ class CollectorConfig:
     max_group_episodes: int = DEFAULT_MAX_GROUP_EPISODES
     # How long SIGTERM waits for in-flight requests before closing their connections.
     shutdown_timeout: float = 30.0
+    # Redaction applied by the store before anything is written: builtin detector names (None: all)
+    # and custom regexes (EpisodeCapture's spec.redaction).
+    redact_builtins: tuple[str, ...] | None = None
+    redact_patterns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "queue_size", "max_items", "max_group_episodes"):
@@ -537,7 +542,8 @@ class Collector:
         self.config = config
         self.metrics = CollectorMetrics()
         self.metrics.queue_capacity.set(config.queue_size)
-        factory = store_factory or (lambda: store_mod.open_store(config.store_url))
+        redactor = redaction.Redactor(builtins=config.redact_builtins, patterns=config.redact_patterns)
+        factory = store_factory or (lambda: store_mod.open_store(config.store_url, redaction=redactor))
         self.writer = StoreWriter(
             factory,
             queue_size=config.queue_size,
