@@ -11,7 +11,8 @@ Covers:
   listed against the baseline;
 - with a threshold no round can meet, ``--max-rounds 2`` runs two rounds and each records the decayed
   learning rate (``lr * lrDecay**(k-1)``); round 2 was started from round 1's adapter at that rate;
-  this job runs detached (``--no-wait``) and is followed with ``get-training-status -o json``;
+  the job ends Failed (MaxRounds) with no model to promote; it ran detached (``--no-wait``) and was
+  followed with ``get-training-status -o json``;
 - ``get-training-status`` prints the seed's table (round, epoch, train loss, valid loss, score);
 - ``report`` writes an HTML page with the three plots embedded and as PNG files beside it;
 - bad input (no model directory, an unknown dataset) fails with a one-line reason and exit 1.
@@ -112,7 +113,7 @@ def lifted_job(workspace: dict[str, Path]) -> dict[str, Any]:
         *start_args(
             workspace,
             "--epochs",
-            "4",
+            "8",
             "--learning-rate",
             "5e-3",
             "--threshold",
@@ -186,8 +187,8 @@ def test_rounds_record_the_decayed_learning_rate(workspace: dict[str, Path]) -> 
         if job["phase"] in ("Succeeded", "Failed", "Cancelled") or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert job["phase"] == "Succeeded", job["message"]
-    assert job["result"]["stopReason"] == "MaxRounds"
+    assert job["phase"] == "Failed", "a job that never met its threshold offers no model"
+    assert job["result"]["stopReason"] == "MaxRounds" and job["fineTunedModel"] is None
     assert [r["learningRate"] for r in job["rounds"]] == pytest.approx([1e-5, 5e-6])
     round2 = Path(job["workdir"]) / "round-2"
     config = json.loads((round2 / "trainer-config.json").read_text())

@@ -5,8 +5,9 @@ Covers ``training.rounds``:
   after a failed round; round k+1 at ``lr * lrDecay**k`` from round k's adapter; the best round kept
   (earliest on a tie); bad policy values rejected with the field named.
 - ``run_rounds`` over a scripted backend: a baseline first, the decayed learning rate recorded per
-  round and sent to the backend, the best round's adapter as the result, improvements and
-  regressions per metric against the baseline, a failed baseline or round stops the job.
+  round and sent to the backend, the best round's adapter as the result when it met the threshold,
+  improvements and regressions per metric against the baseline; running out of rounds, a failed
+  round or a failed baseline fails the job (the best round kept, no model offered for promotion).
 """
 
 from __future__ import annotations
@@ -184,33 +185,37 @@ def test_rounds_record_the_decayed_learning_rate_and_stop_at_the_threshold(tmp_p
     assert result["fineTunedModel"] == str(tmp_path / "round-2" / "adapter")
 
 
-def test_max_rounds_keeps_the_best_round_not_the_last(tmp_path: Path) -> None:
+def test_max_rounds_keeps_the_best_round_not_the_last_but_offers_no_model(tmp_path: Path) -> None:
     backend = ScriptedBackend(baseline=0.3, scores=[0.5, 0.7, 0.6])
     state = run(backend, tmp_path)
     assert state.stop_reason is rounds.StopReason.MAX_ROUNDS
+    assert state.phase is rounds.JobPhase.FAILED, "a job below the threshold must not look promotable"
     assert len(state.rounds) == 3
     result = state.result()
     assert result is not None
     assert result["bestRound"] == 2 and result["thresholdMet"] is False
-    assert result["fineTunedModel"] == str(tmp_path / "round-2" / "adapter")
+    assert result["bestCheckpoint"] == str(tmp_path / "round-2" / "adapter")
+    assert result["fineTunedModel"] is None
 
 
 def test_a_round_worse_than_the_baseline_is_listed_as_a_regression(tmp_path: Path) -> None:
     backend = ScriptedBackend(baseline=0.6, scores=[0.5])
     state = run(backend, tmp_path, max_rounds=1)
+    assert state.phase is rounds.JobPhase.FAILED
     result = state.result()
     assert result is not None
     assert [r["metric"] for r in result["regressions"]] == ["score", "toolAccuracy"]
 
 
-def test_a_failed_round_stops_and_keeps_the_earlier_best(tmp_path: Path) -> None:
+def test_a_failed_round_stops_the_job_and_keeps_the_earlier_best(tmp_path: Path) -> None:
     backend = ScriptedBackend(baseline=0.3, scores=[0.5, None, 0.9])
     state = run(backend, tmp_path)
     assert state.stop_reason is rounds.StopReason.ROUND_FAILED
-    assert state.phase is rounds.JobPhase.SUCCEEDED
+    assert state.phase is rounds.JobPhase.FAILED
     assert "loss became nan" in state.message
+    assert [s.round for s in backend.specs] == [0, 1, 2], "no round after the failed one"
     result = state.result()
-    assert result is not None and result["bestRound"] == 1
+    assert result is not None and result["bestRound"] == 1 and result["fineTunedModel"] is None
 
 
 def test_a_failed_first_round_fails_the_job(tmp_path: Path) -> None:

@@ -204,3 +204,17 @@ def test_config_errors_name_the_field(tmp_path: Path, text: str, expected: str) 
     with pytest.raises(cfg.ConfigError, match="trainer config") as info:
         cfg.load_config(path)
     assert expected in str(info.value)
+
+
+def test_an_absolute_eval_file_is_kept(tmp_path: Path) -> None:
+    """An absolute evaluation.evalFile must be used as given, not dropped in favour of the validation file."""
+    from lightning_op.training import config as trainer_config
+
+    eval_file = tmp_path / "elsewhere" / "eval.jsonl"
+    path = tmp_path / "cfg" / "trainer.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"baseModel": "m", "trainFile": "t.jsonl", "outputDir": "out",
+                                "evaluation": {"graderSpec": "tool_selection", "evalFile": str(eval_file)}}))
+    loaded = trainer_config.load_config(path)
+    assert loaded.evaluation is not None and loaded.evaluation.eval_file == eval_file
+    assert loaded.train_file == path.parent / "t.jsonl"

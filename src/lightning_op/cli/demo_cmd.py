@@ -42,13 +42,12 @@ class _Screen:
             self.number += 1
             elapsed = time.monotonic() - self.started
             self.console.print(
-                f"\n[bold cyan]{self.number}. {event.text}[/bold cyan] [dim]({elapsed:.0f}s)[/dim]"
+                f"\n[bold cyan]{self.number}. {event.text}[/bold cyan] [dim]({elapsed:.0f}s)[/dim]",
+                soft_wrap=True,
             )
         elif event.kind == "detail":
-            if self.progress is not None:
-                self.progress.console.print(f"   {event.text}", highlight=False)
-            else:
-                self.console.print(f"   {event.text}", highlight=False)
+            target = self.progress.console if self.progress is not None else self.console
+            target.print(f"   {event.text}", highlight=False, soft_wrap=True)
         elif event.kind == "progress" and event.total:
             if self.progress is None:
                 self.progress = Progress(
@@ -94,13 +93,17 @@ class _Screen:
 )
 def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
     """Run the closed loop end to end: capture, label, dry run, fine-tune, promote, compare."""
+    from transformers.utils import logging as hf_logging
+
     from lightning_op.demo import run
 
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     settings = run.DemoSettings(workdir=workdir, seed=seed, fast=fast, threads=threads)
     console = _common.console
     console.print(
         "[bold]lightning-op demo[/bold]: an analytics agent with five tools picks the wrong tool for some "
-        "kinds of questions; watch it learn from its own traffic."
+        "kinds of questions; watch it learn from its own traffic.",
+        soft_wrap=True,
     )
     screen = _Screen()
     try:
@@ -139,8 +142,9 @@ def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
         f"training job {result.job_id}: held-out score {result.baseline_score or 0:.2f} -> "
         f"{result.best_score or 0:.2f} in {result.rounds} round(s); dry run {result.dry_run_verdict}",
         highlight=False,
+        soft_wrap=True,
     )
-    console.print(f"report: {result.report}", highlight=False)
+    console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
     console.print(
         f"store: sqlite:///{(workdir / 'episodes.db').resolve()}  (try: lightning-op compare-versions "
         f"--store sqlite:///{(workdir / 'episodes.db').resolve()} --agent-id {run.AGENT_ID})",

@@ -175,7 +175,7 @@ def compare_versions(
     def fmt(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"
 
-    rows: list[tuple[str, str, int, int | str, str, str]] = [
+    rows: list[tuple[str, str, int | str, int | str, str, str]] = [
         (label, side.model_version, side.episodes, side.labeled, fmt(side.avg_reward), fmt(side.error_rate))
         for label, side in (("before", comparison.before), ("after", comparison.after))
     ]
@@ -184,7 +184,7 @@ def compare_versions(
         (
             "change",
             "",
-            comparison.after.episodes - comparison.before.episodes,
+            "",
             "",
             "–" if delta is None else f"{delta:+.3f}",
             f"{comparison.error_rate_delta:+.3f}",

@@ -67,7 +67,11 @@ def serve(
     serving_log = logging.getLogger("lightning_op.serving")
     if serving_log.getEffectiveLevel() > logging.INFO:
         serving_log.setLevel(logging.INFO)
+    from transformers.utils import logging as hf_logging
+
     from lightning_op.serving import server as server_mod
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     try:
         model = server_mod.ModelServer(

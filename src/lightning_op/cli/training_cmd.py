@@ -361,6 +361,13 @@ def _print_status(job: dict[str, Any]) -> None:
                 f"  [red]regressed[/red] {change['metric']}: {change['baseline']:.4g} -> "
                 f"{change['value']:.4g} ({change['delta']:+.4g})"
             )
+        if not result.get("fineTunedModel") and result.get("bestCheckpoint"):
+            console.print(
+                f"best round's adapter (below the threshold, so not offered for promotion): "
+                f"{result['bestCheckpoint']}; to use it anyway: lightning-op promote-model --adapter PATH",
+                highlight=False,
+                soft_wrap=True,
+            )
         if result.get("fineTunedModel"):
             console.print(f"fine-tuned adapter: {result['fineTunedModel']}")
             job_id = job["id"]

@@ -66,23 +66,6 @@ class DemoSettings:
     fast: bool = False
     #: torch threads per process: 1 keeps the demo's processes from fighting over a small machine
     threads: int = 1
-
-    @property
-    def traffic_before(self) -> int:
-        return 150 if self.fast else 200
-
-    @property
-    def traffic_after(self) -> int:
-        return 40 if self.fast else 100
-
-    @property
-    def base_steps(self) -> int:
-        return 250 if self.fast else 300
-
-    @property
-    def base_hidden(self) -> int:
-        return 128
-
     #: how often the base model picks the right tool for the families it gets wrong (sampling)
     p_right: float = 0.4
     threshold: float = 0.75
@@ -93,6 +76,22 @@ class DemoSettings:
     epochs: int = 3
     lora_rank: int = 8
     batch_size: int = 8
+    base_hidden: int = 128
+
+    @property
+    def traffic_before(self) -> int:
+        """User queries sent to the base model (its episodes become the dataset)."""
+        return 150 if self.fast else 200
+
+    @property
+    def traffic_after(self) -> int:
+        """User queries sent to the tuned model after promotion (for the live comparison)."""
+        return 40 if self.fast else 100
+
+    @property
+    def base_steps(self) -> int:
+        """Pre-training steps of the flawed base model."""
+        return 250 if self.fast else 300
 
 
 @dataclass

@@ -274,6 +274,11 @@ def render_html(job: Mapping[str, Any], images: Mapping[str, bytes], reward_sour
             f"of {result.get('rounds')}); {verdict} the threshold {_fmt(evaluation.get('threshold'))}. "
             f"Stopped: {html.escape(str(result.get('stopReason')))}.</p>"
         )
+        if not result.get("fineTunedModel") and result.get("bestCheckpoint"):
+            parts.append(
+                "<p>Best round's adapter (below the threshold, not offered for promotion): "
+                f"<code>{html.escape(str(result['bestCheckpoint']))}</code></p>"
+            )
         if result.get("fineTunedModel"):
             parts.append(
                 f"<p>Fine-tuned adapter: <code>{html.escape(str(result['fineTunedModel']))}</code></p>"

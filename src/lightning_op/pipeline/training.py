@@ -173,6 +173,9 @@ def create_job(store: store_base.EpisodeStore, request: TrainingRequest) -> JobV
     """Check the request and record the job (phase Pending). Raises ``ValueError`` on bad input."""
     if request.backend not in backend_mod.BACKENDS:
         raise ValueError(f"unknown backend {request.backend!r}: use one of {', '.join(backend_mod.BACKENDS)}")
+    if request.backend == "azureOpenAI":
+        # Refused before a job is recorded: a job that can only fail is noise in the store.
+        raise ValueError(backend_mod.AZURE_NOT_IMPLEMENTED)
     job_id = request.job_id or new_job_id(request.agent_id)
     workdir = (request.workdir or default_workdir(store)).expanduser().resolve() / job_id
     config, warnings = trainer_config(request, workdir)

@@ -465,16 +465,19 @@ class LocalBackend:
             self._close(run)
 
 
+AZURE_NOT_IMPLEMENTED = (
+    "the azureOpenAI backend is not implemented yet: use backend 'local' "
+    "(start-training runs the local trainer)"
+)
+
+
 class AzureOpenAIBackend:
     """Azure OpenAI fine-tuning (upload the dataset, create a job, poll its events). Not built yet."""
 
     name = "azureOpenAI"
 
     def _not_implemented(self) -> BackendError:
-        return BackendError(
-            "the azureOpenAI backend is not implemented yet: use backend 'local' "
-            "(start-training runs the local trainer)"
-        )
+        return BackendError(AZURE_NOT_IMPLEMENTED)
 
     def submit(self, spec: RoundSpec) -> str:
         raise self._not_implemented()

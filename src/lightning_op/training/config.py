@@ -162,7 +162,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "trai
 
 def _resolve_paths(config: TrainerConfig, base: Path) -> TrainerConfig:
     def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else base / p
+        return p if p is None or p.is_absolute() else base / p
 
     updates: dict[str, Any] = {}
     for name in ("base_model", "train_file", "validation_file", "output_dir", "status_file", "init_adapter"):

@@ -6,7 +6,9 @@ The loop, over any ``backend.TrainingBackend``:
 2. Round k trains from the previous round's adapter with ``learningRate * lrDecay**(k-1)``, then
    scores the new adapter on the same split.
 3. Stop when a round's score meets the threshold, when ``maxRounds`` rounds have run, or when a round
-   fails; keep the best round (the highest score; the earlier round on a tie).
+   fails; keep the best round (the highest score; the earlier round on a tie). Only meeting the
+   threshold succeeds: otherwise the job fails, its best round kept in the result for a person to
+   judge but not offered as the fine-tuned model (the operator's FineTuneJob does the same).
 4. The result lists, per metric, what improved and what regressed against the baseline.
 
 ``next_round_decision`` is the decision alone, as a pure function of the finished rounds, so the
@@ -310,15 +312,19 @@ class RoundsState:
         if not self.phase.finished:
             return None
         best = self.best
+        met = bool(best and best.score is not None and best.score >= self.policy.threshold)
         out: dict[str, Any] = {
             "bestRound": best.round if best else None,
             "score": best.score if best else None,
             "baselineScore": self.baseline.score if self.baseline else None,
             "threshold": self.policy.threshold,
-            "thresholdMet": bool(best and best.score is not None and best.score >= self.policy.threshold),
+            "thresholdMet": met,
             "rounds": len(self.rounds),
             "stopReason": self.stop_reason.value if self.stop_reason else None,
-            "fineTunedModel": best.checkpoint if best else None,
+            #: the best round's adapter, whether or not it met the threshold
+            "bestCheckpoint": best.checkpoint if best else None,
+            #: what promotion may use: only set when the job succeeded (the threshold was met)
+            "fineTunedModel": best.checkpoint if best and met and self.phase is JobPhase.SUCCEEDED else None,
             "improvements": [],
             "regressions": [],
         }
@@ -421,8 +427,12 @@ def run_rounds(
         state.decision = decision
         if not decision.train:
             assert decision.stop_reason is not None
-            failed = decision.stop_reason is StopReason.ROUND_FAILED and state.best is None
-            phase = JobPhase.FAILED if failed else JobPhase.SUCCEEDED
+            # Only a round that met the threshold succeeds: a job that ran out of rounds (or whose
+            # round failed) keeps its best round in the result for a person to judge, but offers no
+            # fine-tuned model, so nothing downstream promotes a model below the bar. The operator's
+            # FineTuneJob makes the same call (MaxRoundsReached is Failed).
+            met = decision.stop_reason is StopReason.THRESHOLD_MET
+            phase = JobPhase.SUCCEEDED if met else JobPhase.FAILED
             return _finish(state, phase, decision.stop_reason, decision.message, notify)
         assert decision.next_round is not None and decision.learning_rate is not None
         number, lr = decision.next_round, decision.learning_rate

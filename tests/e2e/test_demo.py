@@ -1,0 +1,75 @@
+"""``lightning-op demo --fast`` runs the closed loop end to end and ends with the contract line.
+
+One real run (a process, as ``make demo`` starts it) in a temporary workdir: base model, collector and
+model server processes, agent traffic through the capture client, labeling, dry run, dataset,
+training rounds, promotion, replay, report.
+
+Covers:
+- the command exits 0 and its last line is exactly
+  ``demo: tool-selection accuracy before=X.XX after=Y.YY threshold=0.75 rounds=N``;
+- the agent got better: after > before, both measured in [0, 1], at least one round ran;
+- every step printed its heading as it happened, and the report it names exists with its plots;
+- the workdir holds the store with the agent's episodes, labeled, split by model version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_op import store as store_mod
+from lightning_op.pipeline import promotion
+
+pytestmark = pytest.mark.slow
+
+LAST_LINE = re.compile(
+    r"^demo: tool-selection accuracy before=(\d\.\d\d) after=(\d\.\d\d) threshold=(\d\.\d\d) rounds=(\d+)$"
+)
+
+
+@pytest.mark.timeout(400)
+def test_demo_improves_the_agent_and_ends_with_the_summary_line(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_op.cli", "demo", "--workdir", str(workdir), "--fast"],
+        capture_output=True,
+        text=True,
+        timeout=380,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert result.returncode == 0, f"demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    match = LAST_LINE.match(lines[-1])
+    assert match, f"last line is not the summary: {lines[-1]!r}"
+    before, after, threshold, rounds = (float(match[1]), float(match[2]), float(match[3]), int(match[4]))
+    assert 0.0 <= before < after <= 1.0, f"the agent did not improve: before={before} after={after}"
+    assert threshold == 0.75
+    assert rounds >= 1
+
+    for heading in (
+        "Build the agent's base model",
+        "Start the collector",
+        "Label the episodes",
+        "Build the dataset",
+        "Fine-tune",
+        "Promote",
+        "Replay",
+        "Write the training report",
+    ):
+        assert heading in result.stdout, f"step {heading!r} was not printed"
+    assert "verdict GO" in result.stdout
+
+    report = Path(re.findall(r"^report: (\S+)$", result.stdout, re.MULTILINE)[-1])
+    assert report.is_file() and (report.parent / "rewards.png").is_file()
+
+    store = store_mod.open_store(f"sqlite:///{workdir / 'episodes.db'}")
+    try:
+        comparison = promotion.compare_versions(store, "analytics-agent", "analytics-base", "analytics-tuned")
+    finally:
+        store.close()
+    assert comparison.before.labeled > 0 and comparison.after.labeled > 0
