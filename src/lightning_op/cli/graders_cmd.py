@@ -32,6 +32,7 @@ from lightning_op.graders import dryrun
 from lightning_op.pipeline import labeling
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _VERDICT_STYLE = {
     dryrun.VerdictLevel.GO: "bold green",
@@ -164,6 +165,38 @@ def _load_ranges(path: str | None) -> dryrun.HealthyRanges:
 # --- test-grader ---------------------------------------------------------------------------------
 
 
+
+def _grading_options(func: F) -> F:
+    """--concurrency, --rps, --timeout and --max-retries, shared by label-batch and dry-run."""
+    options = [
+        click.option(
+            "--concurrency",
+            default=str(labeling.DEFAULT_CONCURRENCY),
+            show_default=True,
+            metavar="N",
+            help="Gradings in flight at once.",
+        ),
+        click.option("--rps", default=None, metavar="N", help="At most N grading requests per second."),
+        click.option(
+            "--timeout",
+            "timeout",
+            default="60",
+            show_default=True,
+            metavar="SECONDS",
+            help="Give up on one grading attempt after this long.",
+        ),
+        click.option(
+            "--max-retries",
+            default=str(labeling.DEFAULT_MAX_RETRIES),
+            show_default=True,
+            metavar="N",
+            help="Retries of a grading that failed transiently (429, 5xx, timeout).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
 @click.command("test-grader")
 @_common.store_option
 @_grader_options
@@ -240,30 +273,8 @@ def test_grader(
 @click.option(
     "--since", default=None, metavar="TIME", help="Only episodes from TIME on: ISO 8601 or an age (6h)."
 )
-@click.option(
-    "--concurrency",
-    default=str(labeling.DEFAULT_CONCURRENCY),
-    show_default=True,
-    metavar="N",
-    help="Gradings in flight at once.",
-)
-@click.option("--rps", default=None, metavar="N", help="At most N grading requests per second.")
+@_grading_options
 @click.option("--tpm", default=None, metavar="N", help="At most N (estimated) judge tokens per minute.")
-@click.option(
-    "--timeout",
-    "timeout",
-    default="60",
-    show_default=True,
-    metavar="SECONDS",
-    help="Give up on one grading attempt after this long.",
-)
-@click.option(
-    "--max-retries",
-    default=str(labeling.DEFAULT_MAX_RETRIES),
-    show_default=True,
-    metavar="N",
-    help="Retries of a grading that failed transiently (429, 5xx, timeout).",
-)
 @_common.output_option
 @_common.handle_errors
 def label_batch(
@@ -365,29 +376,7 @@ def label_batch(
     metavar="FILE",
     help="Healthy ranges (YAML/JSON: meanMin, meanMax, stdMin, stdMax, fractionAboveZeroMin, ...).",
 )
-@click.option(
-    "--concurrency",
-    default=str(labeling.DEFAULT_CONCURRENCY),
-    show_default=True,
-    metavar="N",
-    help="Gradings in flight at once.",
-)
-@click.option("--rps", default=None, metavar="N", help="At most N grading requests per second.")
-@click.option(
-    "--timeout",
-    "timeout",
-    default="60",
-    show_default=True,
-    metavar="SECONDS",
-    help="Give up on one grading attempt after this long.",
-)
-@click.option(
-    "--max-retries",
-    default=str(labeling.DEFAULT_MAX_RETRIES),
-    show_default=True,
-    metavar="N",
-    help="Retries of a grading that failed transiently (429, 5xx, timeout).",
-)
+@_grading_options
 @click.option(
     "--fail-on",
     type=click.Choice(["never", "no-go", "warning"]),
