@@ -41,7 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--namespace", required=True)
     args = parser.parse_args()
-    asyncio.run(kopf.operator(registry=registry, standalone=True, clusterwide=False, namespaces=[args.namespace]))
+    asyncio.run(
+        kopf.operator(registry=registry, standalone=True, clusterwide=False, namespaces=[args.namespace])
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 change, writes nothing more (no retry storm), and starts over once its spec is fixed (nothing ran).
 
 Covers: a spec the CRD schema would refuse (let in with ``validate=False``, as an older CRD would)
-naming ``spec.dataset.minReward``; the azureOpenAI backend (``BackendNotImplemented``); too few
+naming ``spec.dataset.minReward``; an evaluation grader the graders module refuses, naming
+``spec.evaluation.grader.reference``; the azureOpenAI backend (``BackendNotImplemented``); too few
 episodes above ``minReward`` (``NotEnoughEpisodes`` with the exact message); then the fixes.
 """
 
@@ -36,6 +37,13 @@ async def test_failed_until_fixed(api: Any, operator_process: Any, store_url: st
     await api.create(azure)
     few = finetune_manifest("few", agentId="few")
     await api.create(few)
+    grader = finetune_manifest("grader")
+    grader["spec"]["evaluation"]["grader"] = {
+        "type": "string_check",
+        "input": "{{episode.state.query}}",
+        "operation": "eq",
+    }
+    await api.create(grader)
 
     obj = await api.wait_for_phase("FineTuneJob", "bad", "Failed")
     assert _failed(obj)["reason"] == "InvalidSpec"
@@ -50,6 +58,9 @@ async def test_failed_until_fixed(api: Any, operator_process: Any, store_url: st
         "(lower spec.dataset.minReward or label more episodes)"
     )
     assert (await api.events("few"))[-1]["type"] == "Warning"
+    obj = await api.wait_for_phase("FineTuneJob", "grader", "Failed")
+    assert _failed(obj)["reason"] == "InvalidSpec"
+    assert "spec.evaluation.grader.reference: required" in _failed(obj)["message"]
 
     mark = api.mark()
     await asyncio.sleep(1.5)  # several timer intervals

@@ -4,7 +4,7 @@ job still finishes.
 Covers: a crash (SIGKILL) right after the object is created, while the baseline runs, while a round's
 Job finishes with the operator down, right after a round's Job appeared (before its status may have
 been written), and a graceful restart (SIGTERM) mid-round; then a soak where a background trainer
-completes every round after a short delay while the operator is killed at seeded random moments.
+completes every round a second after its Job appears while the operator is killed at seeded random moments.
 Each time: the Jobs are exactly ``r0..rN``, none was ever deleted and created again (each keeps the
 uid first seen), and the dataset snapshot was built once (its sha256 never changes).
 """
@@ -102,7 +102,7 @@ async def test_restart_at_each_step_keeps_one_job_per_round(
 
 
 async def _auto_trainer(trainer: TrainerDouble, api: Any, scores: dict[int, float]) -> None:
-    """Completes each round's Job 0.3 s after it appears, like a very fast trainer."""
+    """Completes each round's Job a second after it appears, like a very fast trainer."""
     done: set[str] = set()
     while True:
         for job in await api.list("Job"):
@@ -110,7 +110,7 @@ async def _auto_trainer(trainer: TrainerDouble, api: Any, scores: dict[int, floa
             if name in done:
                 continue
             number = int(name.rsplit("-r", 1)[1])
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(1.0)
             await trainer.succeed("soak", number, scores[number])
             done.add(name)
         await asyncio.sleep(0.1)

@@ -27,8 +27,10 @@ Talks to ``controllers.common``, ``pipeline.finetune_flow``, ``manifests.trainer
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -49,7 +51,18 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/lightning-op/trainer:0.1.0"
 POLL_SECONDS = common.env_seconds(ENV_POLL, 10.0)
 #: pod log lines read per tick: the trainer's JSON lines share the log with its stderr logging
 LOG_TAIL_LINES = 200
+#: how long a status we wrote stands in for a body the watch has not updated yet
+LAST_WRITE_TRUST_S = 30.0
 _STATUS_KEYS = ("phase", "observedGeneration", "conditions")
+_LAST_WRITE = "finetune_last_write"
+
+
+@dataclass(frozen=True)
+class _LastWrite:
+    """The status this object's last tick wrote, and when."""
+
+    status: dict[str, Any]
+    at: float
 
 
 def _active(body: kopf.Body, **_: Any) -> bool:
@@ -67,13 +80,15 @@ async def reconcile_finetune(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo
     rt = common.runtime(memo)
     try:
         spec = finetune.parse_spec(body)
+        flow.check_evaluation_grader(spec)
     except SpecError as exc:
         raise common.permanent_spec_error(body, patch, exc) from None
-    status = finetune.parse_status(body)
+    view = _fresh_view(body, memo)
+    status = finetune.parse_status(view)
     observed = await _observe(rt, body, spec, status)
     step = flow.decide(spec, status, observed)
     await _act(rt, body, spec, step)
-    _write(body, patch, step)
+    _write(view, patch, step, memo)
     progress = step.status.progress
     meta = body.meta
     rt.metrics.set_training_progress(
@@ -207,8 +222,26 @@ async def _act(rt: common.Runtime, body: kopf.Body, spec: finetune.FineTuneJobSp
                 pass  # nothing to suspend or resume: the next tick re-creates the Job if needed
 
 
-def _write(body: kopf.Body, patch: kopf.Patch, step: flow.Step) -> None:
+def _fresh_view(body: kopf.Body, memo: kopf.Memo) -> kopf.Body:
+    """The body with the status this object's last tick wrote, until the watch brings that write
+    back. Without it a tick that follows quickly (or one that sees an unrelated newer version first,
+    such as kopf's own annotation write) would redo the previous step: harmless, every step is
+    idempotent, but it costs writes and duplicate Events. We are the only writer of this status; if
+    our write never shows up (it failed), the API server's copy wins again after a while. kopf keeps
+    ``memo`` per object."""
+    last = memo.get(_LAST_WRITE)
+    if not isinstance(last, _LastWrite):
+        return body
+    current = dict(body.get("status") or {})
+    if current == last.status or time.monotonic() - last.at > LAST_WRITE_TRUST_S:
+        memo[_LAST_WRITE] = None
+        return body
+    return kopf.Body(cast(kopf.RawBody, {**body, "status": last.status}))
+
+
+def _write(view: kopf.Body, patch: kopf.Patch, step: flow.Step, memo: kopf.Memo) -> None:
     """Status through ``common.set_phase`` (writes only what changed; an Event on a phase change)."""
+    body = view
     status = step.status
     if status.phase is None:
         return
@@ -222,3 +255,6 @@ def _write(body: kopf.Body, patch: kopf.Patch, step: flow.Step) -> None:
         reason = ready.reason if ready is not None else "Reconciled"
         message = ready.message if ready is not None else ""
     common.set_phase(body, patch, status.phase, reason, message, conditions=status.conditions, fields=fields)
+    if patch.get("status"):
+        written = common.current_status(body, patch)
+        memo[_LAST_WRITE] = _LastWrite(written, time.monotonic())

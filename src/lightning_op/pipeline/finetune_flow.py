@@ -57,8 +57,10 @@ from typing import Any
 
 import yaml
 
+from lightning_op import graders
 from lightning_op.api import conditions as cond
 from lightning_op.api import finetune as ft
+from lightning_op.api.common import FieldProblem, SpecError
 from lightning_op.api.conditions import ConditionStatus, ConditionType, Reason
 from lightning_op.datasets import build as dataset_build
 from lightning_op.store import base as store_base
@@ -920,6 +922,24 @@ def _record_failure(
     reason = _JOB_REASONS.get(job.reason or "", Reason.TRAINING_FAILED)
     detail = job.message or job.reason or "the trainer Job failed"
     return _fail(step, observed, reason, f"{what} failed: {detail}")
+
+
+# ------------------------------------------------------------------------------------ spec checks
+
+
+def check_evaluation_grader(spec: ft.FineTuneJobSpec) -> None:
+    """Refuse, before any Job runs, an evaluation grader the trainer would refuse: raises ``SpecError``
+    naming ``spec.evaluation.grader.<field>`` (the CRD schema checks only its type and range)."""
+    if spec.evaluation is None:
+        return
+    try:
+        graders.load_grader_spec(spec.evaluation.grader.to_spec_dict())
+    except graders.GraderSpecError as exc:
+        problems = [
+            FieldProblem(f"spec.evaluation.grader.{path}" if path else "spec.evaluation.grader", message)
+            for path, message in exc.problems
+        ]
+        raise SpecError(problems) from None
 
 
 # ------------------------------------------------------------------------------------ trainer config
