@@ -320,8 +320,6 @@ def operator_rules() -> list[dict[str, Any]]:
         # Trainer progress comes from the pod log; pods are found by the Job's selector.
         _rule("", ["pods"], ["get", "list", "watch"]),
         _rule("", ["pods/log"], ["get"]),
-        # The trainer's per-round config is mounted from a ConfigMap the operator owns.
-        _rule("", ["configmaps"], ["create", "get", "patch", "delete"]),
         # FineTuneJob.spec.credentials.secretRef (Azure): read one named Secret; never list or watch.
         _rule("", ["secrets"], ["get"]),
         # Kubernetes Events on every phase change.
