@@ -48,6 +48,18 @@ output_option = click.option(
 )
 
 
+def format_only_option(dest: str) -> Callable[[F], F]:
+    """``-o table|json`` without the long ``--output``, for commands whose ``--output`` is a path."""
+    return click.option(
+        "-o",
+        dest,
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="Output format: a table for people, JSON for scripts.",
+    )
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line reason to stderr and exit non-zero."""
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)

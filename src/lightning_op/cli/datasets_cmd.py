@@ -25,14 +25,7 @@ from lightning_op.cli import _common, episodes
 from lightning_op.datasets import build, rows, validate
 from lightning_op.store import base as store_base
 
-format_option = click.option(
-    "-o",
-    "output_format_",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format: a table for people, JSON for scripts.",
-)
+format_option = _common.format_only_option("output_format_")
 
 
 @click.command("build-dataset")

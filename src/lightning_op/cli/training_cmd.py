@@ -24,14 +24,7 @@ from lightning_op.store import base as store_base
 
 FINISHED = ("Succeeded", "Failed", "Cancelled")
 
-format_option = click.option(
-    "-o",
-    "output_format",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format: a table for people, JSON for scripts.",
-)
+format_option = _common.format_only_option("output_format")
 
 
 @click.command("start-training")
