@@ -147,7 +147,8 @@ class Cluster:
                 lambda: self.batch.create_namespaced_job(
                     namespace,
                     body,  # type: ignore[arg-type]  # the client sends dicts as they are
-                    field_manager=constants.FIELD_MANAGER, _preload_content=False
+                    field_manager=constants.FIELD_MANAGER,
+                    _preload_content=False,
                 ),
             )
             return _json(created), True

@@ -125,8 +125,12 @@ def test_custom_redaction_patterns_keep_matches_out_of_the_database(tmp_path: Pa
     db = tmp_path / "episodes.db"
     order_id = "ORD-8841-2290"
     with CollectorProcess(f"sqlite:///{db}", "--redact-pattern", r"ORD-\d{4}-\d{4}") as collector:
-        episode = {"agentId": "orders", "turn": 1, "state": {"query": f"where is order {order_id}?"},
-                   "action": {"tool": "track_order", "arguments": {"order": order_id}}}
+        episode = {
+            "agentId": "orders",
+            "turn": 1,
+            "state": {"query": f"where is order {order_id}?"},
+            "action": {"tool": "track_order", "arguments": {"order": order_id}},
+        }
         with httpx.Client(base_url=collector.url) as http:
             answer = http.post("/v1/episodes", json=[episode])
         assert answer.status_code == 200 and answer.json()["accepted"] == 1

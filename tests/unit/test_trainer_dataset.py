@@ -213,8 +213,16 @@ def test_an_absolute_eval_file_is_kept(tmp_path: Path) -> None:
     eval_file = tmp_path / "elsewhere" / "eval.jsonl"
     path = tmp_path / "cfg" / "trainer.json"
     path.parent.mkdir()
-    path.write_text(json.dumps({"baseModel": "m", "trainFile": "t.jsonl", "outputDir": "out",
-                                "evaluation": {"graderSpec": "tool_selection", "evalFile": str(eval_file)}}))
+    path.write_text(
+        json.dumps(
+            {
+                "baseModel": "m",
+                "trainFile": "t.jsonl",
+                "outputDir": "out",
+                "evaluation": {"graderSpec": "tool_selection", "evalFile": str(eval_file)},
+            }
+        )
+    )
     loaded = trainer_config.load_config(path)
     assert loaded.evaluation is not None and loaded.evaluation.eval_file == eval_file
     assert loaded.train_file == path.parent / "t.jsonl"

@@ -165,7 +165,6 @@ def _load_ranges(path: str | None) -> dryrun.HealthyRanges:
 # --- test-grader ---------------------------------------------------------------------------------
 
 
-
 def _grading_options(func: F) -> F:
     """--concurrency, --rps, --timeout and --max-retries, shared by label-batch and dry-run."""
     options = [
@@ -196,6 +195,7 @@ def _grading_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
 
 @click.command("test-grader")
 @_common.store_option

@@ -112,9 +112,7 @@ class EpisodeStore(Protocol):
         """Like ``iter_episodes`` but yields the stored JSON dicts without model validation (fast path
         for dataset building over millions of rows). The dicts are what ``Episode.to_json_dict`` gives."""
 
-    def add_label(
-        self, episode_id: str, label: ep.Label, expected_revision: int | None = None
-    ) -> ep.Episode:
+    def add_label(self, episode_id: str, label: ep.Label, expected_revision: int | None = None) -> ep.Episode:
         """Append a label and recompute ``reward``/``labeled``; a manual label wins over automatic ones.
 
         With ``expected_revision`` the update fails with ``ConflictError`` if the episode changed since.

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 SPECIAL_TOKENS = [
-    "<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"
+    "<|pad|>",
+    "<|bos|>",
+    "<|eos|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<tool_call>",
+    "</tool_call>",
 ]
 
 # ChatML; a tool call is emitted as JSON between <tool_call> tags, as Hermes/Qwen-style models do.
@@ -30,7 +36,7 @@ CHAT_TEMPLATE = (
     "{%- generation -%}"
     "{%- if message.get('content') -%}{{ message['content'] }}{%- endif -%}"
     "{%- for call in message.get('tool_calls') or [] -%}"
-    "<tool_call>{\"name\": \"{{ call['function']['name'] }}\", \"arguments\": "
+    '<tool_call>{"name": "{{ call[\'function\'][\'name\'] }}", "arguments": '
     "{{ call['function']['arguments'] if call['function']['arguments'] is string "
     "else call['function']['arguments'] | tojson }}}</tool_call>"
     "{%- endfor -%}"
