@@ -123,25 +123,17 @@ def trainer_log(job: str) -> bytes:
 
 @attrs.define(kw_only=True)
 class BenchEmulator(ApiServerEmulator):
-    """The tests' emulator with four changes that keep it O(1) per request at this scale; the API it
+    """The tests' emulator with two changes that keep it O(1) per request at this scale; the API it
     serves behaves the same:
 
-    - kmock routes a request by checking, for each of its reactions (the emulator's list, watch, fetch,
-      create, ... fallbacks), that the request is among those the reaction's filter selects, by
-      re-filtering its whole request history: time proportional to every request so far. Here the
-      history holds only the request being routed (nothing awaits between that and the routing);
     - lists, reads and create responses look objects up by resource instead of scanning every object
       of every kind, and generated names get 12 random characters (5 collide among thousands of Events);
-    - pod logs are served from ``logs`` (no kmock route per pod);
-    - a watch walks the append-only event log from its own position instead of rescanning the whole
-      log on every change.
+    - pod logs are served from ``logs`` (no kmock route per pod).
     """
 
     logs: dict[str, bytes] = attrs.field(factory=dict)
     #: object keys per resource (group, version, plural), so lists and reads do not scan every object
     _index: dict[tuple[str, str, str], list[Any]] = attrs.field(factory=dict, init=False)
-    #: set before shutdown: open watches end (the server would otherwise wait for them)
-    closing: bool = attrs.field(default=False, init=False)
 
     @staticmethod
     def _rkey(resource: Any) -> tuple[str, str, str]:
@@ -201,52 +193,7 @@ class BenchEmulator(ApiServerEmulator):
             return aiohttp.web.Response(
                 body=self.logs.get(request.name or "", b""), content_type="text/plain"
             )
-        # As ApiServerEmulator._handle: apply and count writes, then route to the readers.
-        if (
-            resource is not None
-            and request.action in emulator_mod.WRITE_ACTIONS
-            and (request.action == enums.action.CREATE or request.name is not None)
-        ):
-            self.writes[str(resource.plural)] += 1
-            try:
-                async with self._lock:
-                    await self._apply_write(request)
-            except kmock_k8s.KubernetesError as exc:
-                return await self._render_error(exc)
-        self._requests[:] = [request]
-        return await kmock_k8s.KubernetesScaffold._handle(self, request)
-
-    async def _serve_watch(self, request: rendering.Request) -> Any:
-        yield b""
-        selector = request.params.get("labelSelector")
-        since = request.params.get("resourceVersion")
-        log = self._log
-        async with self._lock:
-            if since and since.isdigit() and since != "0":
-                index = next((i for i, entry in enumerate(log) if entry[0] > int(since)), len(log))
-                initial: list[dict[str, Any]] = []
-            else:
-                index = len(log)
-                initial = [{"type": "ADDED", "object": copy.deepcopy(o)} for o in self._matching(request)]
-        for event in initial:
-            yield event
-        while not self.closing:
-            if index < len(log):
-                pending, index = log[index:], len(log)
-                for _, resource, event in pending:
-                    if resource != request.resource:
-                        continue
-                    meta = event["object"].get("metadata", {})
-                    if request.namespace is not None and meta.get("namespace") != request.namespace:
-                        continue
-                    if request.name is not None and meta.get("name") != request.name:
-                        continue
-                    if emulator_mod._labels_match(event["object"], selector):
-                        yield event
-                continue
-            async with self._log_changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._log_changed.wait(), timeout=1.0)
+        return await super()._handle(request)
 
 
 class Cluster:

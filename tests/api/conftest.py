@@ -295,12 +295,12 @@ class Api:
 
     def mark(self) -> int:
         """A position in the emulator's request log, for ``writes_since``."""
-        return len(list(self.emulator))
+        return len(self.emulator.history)
 
     def writes_since(self, mark: int, plural: str | None = None) -> list[WriteCall]:
         """Create/patch/delete requests received after ``mark`` (of one plural when given)."""
         calls = []
-        for request in list(self.emulator)[mark:]:
+        for request in self.emulator.history[mark:]:
             if request.method not in ("POST", "PATCH", "PUT", "DELETE") or request.resource is None:
                 continue
             if plural is not None and request.resource.plural != plural:
@@ -483,6 +483,15 @@ class Kubelet:
             namespace,
         )
         await self.api.patch("Pod", pod_name, {"status": {"phase": phase}}, namespace, subresource="status")
+        if phase == "Running" and await self.api.get("Job", job_name, namespace) is not None:
+            # The Job controller counts the running pod: a Job watch event, as on a cluster.
+            await self.api.patch(
+                "Job",
+                job_name,
+                {"status": {"active": 1, "startTime": _now()}},
+                namespace,
+                subresource="status",
+            )
         key = (namespace, pod_name)
         first = key not in self.logs
         self.set_log(pod_name, log, namespace)

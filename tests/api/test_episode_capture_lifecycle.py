@@ -158,6 +158,6 @@ async def test_missing_deployment_is_pending_then_recovers_without_a_retry_storm
 def _deployment_gets(api: Any) -> int:
     return sum(
         1
-        for r in api.emulator
+        for r in api.emulator.history
         if r.method == "GET" and r.resource is not None and r.resource.plural == "deployments" and r.name
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import datetime
 import uuid
@@ -95,6 +96,10 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
     _log_changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
     #: write calls (create/patch/delete) received, by plural name; tests reset it with ``writes.clear()``
     writes: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    #: every request received, in order (kmock's own history keeps only the one being routed)
+    history: list[rendering.Request] = attrs.field(factory=list, init=False)
+    #: set before shutdown: open watches end (the server would otherwise wait for them)
+    closing: bool = attrs.field(default=False, init=False)
 
     # ---------------------------------------------------------------- writes
 
@@ -226,6 +231,13 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
                     await self._apply_write(request)
             except k8s.KubernetesError as exc:
                 return await self._render_error(exc)
+        # kmock routes a request by re-filtering its whole request history for each of its reactions:
+        # time proportional to every request so far, which makes long tests (an operator restarted
+        # 40 times, a test polling every 50 ms) quadratic. Nothing
+        # awaits between recording this request and routing it, so kmock's history keeps only this one;
+        # ``history`` keeps them all for the tests.
+        self.history.append(request)
+        self._requests[:] = [request]
         # Skip KubernetesEmulator._handle (its state changes are done above); route to the readers.
         return await k8s.KubernetesScaffold._handle(self, request)
 
@@ -276,22 +288,22 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         yield b""
         selector = request.params.get("labelSelector")
         since = request.params.get("resourceVersion")
+        log = self._log  # append-only: a watch walks it from its own index
         async with self._lock:
             if since and since.isdigit() and since != "0":
-                position = int(since)
+                index = next((i for i, entry in enumerate(log) if entry[0] > int(since)), len(log))
                 initial: list[dict[str, Any]] = []
             else:
-                position = self._rv
+                index = len(log)
                 initial = [{"type": "ADDED", "object": copy.deepcopy(o)} for o in self._matching(request)]
         for event in initial:
             yield event
         while True:
-            pending = [
-                event for rv, resource, event in self._log if rv > position and resource == request.resource
-            ]
-            if pending:
-                position = max(rv for rv, _, _ in self._log)
-                for event in pending:
+            if index < len(log):
+                pending, index = log[index:], len(log)
+                for _, resource, event in pending:
+                    if resource != request.resource:
+                        continue
                     meta = event["object"].get("metadata", {})
                     if request.namespace is not None and meta.get("namespace") != request.namespace:
                         continue
@@ -300,13 +312,9 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
                     if _labels_match(event["object"], selector):
                         yield event
                 continue
-            if self._log:
-                position = max(position, self._log[-1][0])
             async with self._log_changed:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._log_changed.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
 
 
 def register_resources(server: kmock.KubernetesEmulator, extra: Mapping[str, Mapping[str, Any]] = {}) -> None:

@@ -478,6 +478,22 @@ def test_suspend_the_running_round_and_resume_it() -> None:
     assert condition(resumed.status, "Suspended").status == "False"
 
 
+def test_resumed_before_the_job_finished_suspending_is_resumed() -> None:
+    # The Job still counts its pod (the Job controller has not stopped it yet) when the user resumes.
+    status = training_status(
+        phase="Suspended", baseline={"score": 0.3}, rounds=[{"round": 1, "learningRate": 0.001}]
+    )
+    stopping = flow.job_view({"spec": {"suspend": True}, "status": {"active": 1}})
+    assert stopping.state == flow.JobState.RUNNING and stopping.suspend_requested
+    resumed = flow.decide(spec(), status, observed(round=flow.RoundObservation(1, stopping)))
+    assert resumed.resume_job == 1 and resumed.status.phase == ft.FineTunePhase.TRAINING
+    running = flow.job_view({"spec": {"suspend": False}, "status": {"active": 1}})
+    assert (
+        flow.decide(spec(), resumed.status, observed(round=flow.RoundObservation(1, running))).resume_job
+        is None
+    )
+
+
 def test_suspended_before_the_dataset_suspends_nothing() -> None:
     step = run(spec(suspend=True), ft.FineTuneJobStatus())
     assert step.status.phase == ft.FineTunePhase.SUSPENDED and step.suspend_job is None

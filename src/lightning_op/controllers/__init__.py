@@ -17,8 +17,6 @@ from lightning_op.controllers import common
 
 ENV_CONTROLLERS = "LIGHTNING_CONTROLLERS"
 ALL_CONTROLLERS = ("capture", "labeling", "finetune", "promotion")
-#: controllers written in parallel with the others: a missing module must not stop the rest
-_OPTIONAL = frozenset({"labeling", "finetune"})
 
 
 def _selected() -> list[str]:
@@ -35,10 +33,5 @@ def _selected() -> list[str]:
 
 __all__ = ["common"]
 for _name in _selected():
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _name not in _OPTIONAL or _exc.name != f"{__name__}.{_name}":
-            raise
-    else:
-        __all__.append(_name)
+    importlib.import_module(f"{__name__}.{_name}")
+    __all__.append(_name)

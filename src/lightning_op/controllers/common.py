@@ -25,11 +25,12 @@ import asyncio
 import copy
 import functools
 import logging
+import math
 import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast
 
 import kopf
@@ -37,7 +38,7 @@ import kopf
 from lightning_op import k8s
 from lightning_op import metrics as metrics_mod
 from lightning_op import store as store_mod
-from lightning_op.api import constants
+from lightning_op.api import constants, kinds
 from lightning_op.api.common import SpecError
 from lightning_op.api.conditions import (
     Condition,
@@ -107,6 +108,54 @@ class OperatorConfig:
         )
 
 
+class Waker:
+    """Wakes one object's daemon early: a watch event about it (a spec change, a child Job that
+    changed) sets it; the daemon waits on it between its ticks instead of polling the API."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        #: the generation the daemon last worked on: events that do not change it do not wake it
+        self.generation: int | None = None
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    async def wait(self, stopped: kopf.DaemonStopped, timeout: float) -> None:
+        """Until woken, stopped, or ``timeout`` seconds passed (``math.inf``: no timeout)."""
+        if self._event.is_set() or stopped:
+            return
+        waits = {asyncio.ensure_future(self._event.wait()), asyncio.ensure_future(stopped.wait())}
+        try:
+            await asyncio.wait(
+                waits, timeout=None if math.isinf(timeout) else timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in waits:
+                task.cancel()
+
+
+class Wakers:
+    """The ``Waker`` of each object that has a running daemon, by uid."""
+
+    def __init__(self) -> None:
+        self._by_uid: dict[str, Waker] = {}
+
+    def register(self, uid: str) -> Waker:
+        return self._by_uid.setdefault(uid, Waker())
+
+    def discard(self, uid: str) -> None:
+        self._by_uid.pop(uid, None)
+
+    def wake(self, uid: str | None, generation: int | None = None) -> None:
+        """Wake ``uid``'s daemon; with ``generation``, only when it differs from the one it worked on."""
+        found = self._by_uid.get(uid or "")
+        if found is not None and (generation is None or generation != found.generation):
+            found.wake()
+
+
 @dataclass
 class Runtime:
     """What handlers need, kept in kopf's memo (``runtime(memo)``), never in module globals."""
@@ -115,6 +164,7 @@ class Runtime:
     cluster: k8s.Cluster
     store: store_base.EpisodeStore
     metrics: metrics_mod.Metrics
+    wakers: Wakers = field(default_factory=Wakers)
 
 
 def runtime(memo: kopf.Memo) -> Runtime:
@@ -131,6 +181,30 @@ async def run_sync(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 
 # ----------------------------------------------------------------------------------------- startup
+
+
+class _QuietHandlers(logging.Filter):
+    """Drops kopf's "Handler 'X' succeeded." line for the handlers named in ``quiet``: watch-event
+    handlers that only wake a daemon run on every event and would fill the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.quiet or not isinstance(record.msg, str) or not record.msg.endswith("' succeeded."):
+            return True
+        return not any(record.msg == f"Handler {name!r} succeeded." for name in self.quiet)
+
+
+_QUIET = _QuietHandlers()
+logging.getLogger("kopf.objects").addFilter(_QUIET)
+
+
+def quiet_success(fn: F) -> F:
+    """Decorate a kopf handler (under its ``kopf.on`` decorator) whose successes are not logged."""
+    _QUIET.quiet.add(fn.__name__)
+    return fn
 
 
 def apply_settings(settings: kopf.OperatorSettings) -> None:
@@ -157,6 +231,10 @@ def apply_settings(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
     # Events of one object that arrive together are handled once, on the latest body.
     settings.queueing.idle_timeout = 5.0
+    # A stopping daemon (its object deleted) gets this long to finish its cleanup before kopf falls
+    # back to re-checking it every few seconds: a FineTuneJob's cleanup (deleting its trainer Jobs)
+    # fits, so the finalizer goes in the same pass.
+    settings.background.instant_exit_timeout = 5.0
 
 
 def open_runtime(config: OperatorConfig, metrics: metrics_mod.Metrics) -> Runtime:
@@ -335,6 +413,57 @@ def failed_for_generation(body: Mapping[str, Any]) -> bool:
     """Whether the object already failed for its current spec (timers skip it: no retry storm)."""
     status = body.get("status") or {}
     return bool(status.get("phase") == FAILED and status.get("observedGeneration") == _generation(body))
+
+
+class StatusWriter:
+    """Writes a daemon's status with ``set_phase`` semantics (only what changed; an Event on a phase
+    change) through ``Cluster.patch_custom_status``: a daemon outlives kopf's per-call patch. It keeps
+    the status it wrote as the current one, because the daemon's ``body`` is updated by the watch,
+    which may lag behind our own writes (we are the only writer of the status)."""
+
+    def __init__(self, rt: Runtime, body: kopf.Body, kind: str) -> None:
+        self.rt = rt
+        self.body = body
+        self.kind = kind
+        self.plural = kinds.kind_info(kind).plural
+        self.current: dict[str, Any] = dict(body.get("status") or {})
+
+    def view(self, generation: int | None) -> kopf.Body:
+        """The object with the status we wrote last, at ``generation``: the one the daemon worked on,
+        not the live one, so that a spec changed mid-run is run again."""
+        metadata = {**dict(self.body.get("metadata") or {}), "generation": generation}
+        raw: dict[str, Any] = {
+            "apiVersion": self.body.get("apiVersion") or constants.API_VERSION,
+            "kind": self.body.get("kind") or self.kind,
+            "metadata": metadata,
+            "status": self.current,
+        }
+        return kopf.Body(cast(kopf.RawBody, raw))
+
+    async def write(
+        self,
+        generation: int | None,
+        phase: str,
+        reason: str,
+        message: str,
+        *,
+        conditions: Iterable[Condition] = (),
+        fields: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """``set_phase`` on the current status, then one merge patch of what changed. True if it wrote."""
+        view = self.view(generation)
+        patch = kopf.Patch()
+        set_phase(view, patch, phase, reason, message, conditions=conditions, fields=fields)
+        changes = dict(patch.get("status") or {})
+        meta = self.body.meta
+        self.rt.metrics.observe_phase(self.kind, str(meta.namespace), str(meta.name), phase)
+        if not changes:
+            return False
+        await run_sync(
+            self.rt.cluster.patch_custom_status, self.plural, str(meta.namespace), str(meta.name), changes
+        )
+        self.current = current_status(view, patch)
+        return True
 
 
 # ----------------------------------------------------------------------------------------- handlers

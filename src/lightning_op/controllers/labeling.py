@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -48,14 +48,14 @@ POLL_SECONDS = common.env_seconds(ENV_POLL, 5.0)
 @common.instrumented(KIND)
 async def run_labeling(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
     rt = common.runtime(memo)
-    writer = _StatusWriter(rt, body)
+    writer = common.StatusWriter(rt, body, KIND)
     while not stopped:
         generation = body.meta.get("generation")
         try:
             spec, grader = _load(body)
         except SpecError as exc:
             failed = lflow.Report(rl.LabelingPhase.FAILED, "InvalidSpec", f"invalid spec: {exc}")
-            await writer.report(failed, generation)
+            await _report(writer, failed, generation)
             await _wait_for_change(body, generation, stopped)
             continue
         try:
@@ -77,7 +77,7 @@ def _load(body: kopf.Body) -> tuple[rl.RewardLabelingSpec, graders.Grader]:
 
 async def _run(
     rt: common.Runtime,
-    writer: _StatusWriter,
+    writer: common.StatusWriter,
     body: kopf.Body,
     spec: rl.RewardLabelingSpec,
     grader: graders.Grader,
@@ -99,7 +99,7 @@ async def _run(
                 rt.store, grader, agent, spec.sample_test.size, concurrency=spec.concurrency
             )
             report = lflow.sample_report(spec, result, generation)
-            await writer.report(report, generation)
+            await _report(writer, report, generation)
             if report.phase == rl.LabelingPhase.PENDING:
                 retry = _seconds_from_now(max(rt.config.retry_delay, POLL_SECONDS))
                 await _wait_until(body, generation, stopped, retry)
@@ -109,13 +109,13 @@ async def _run(
 
 async def _label_and_dry_run(
     rt: common.Runtime,
-    writer: _StatusWriter,
+    writer: common.StatusWriter,
     spec: rl.RewardLabelingSpec,
     grader: graders.Grader,
     generation: int | None,
 ) -> None:
     latest: list[labeling_pipeline.LabelingProgress] = []
-    await writer.report(lflow.labeling_report(spec, None, generation), generation)
+    await _report(writer, lflow.labeling_report(spec, None, generation), generation)
     before = await common.run_sync(lflow.count_labels, rt.store, spec, grader.name, grader.version)
     progress_task = asyncio.create_task(_write_progress(writer, spec, latest, generation, before))
     try:
@@ -138,11 +138,13 @@ async def _label_and_dry_run(
         rt.store, grader, str(spec.agent_id), spec.dry_run.sample_size, concurrency=spec.concurrency
     )
     counts = await common.run_sync(lflow.count_labels, rt.store, spec, grader.name, grader.version)
-    await writer.report(lflow.completed_report(spec, counts, dry, generation, datetime.now(UTC)), generation)
+    await _report(
+        writer, lflow.completed_report(spec, counts, dry, generation, datetime.now(UTC)), generation
+    )
 
 
 async def _write_progress(
-    writer: _StatusWriter,
+    writer: common.StatusWriter,
     spec: rl.RewardLabelingSpec,
     latest: list[labeling_pipeline.LabelingProgress],
     generation: int | None,
@@ -153,7 +155,7 @@ async def _write_progress(
         if latest:
             last = latest[-1]
             latest.clear()
-            await writer.report(lflow.labeling_report(spec, last, generation, before), generation)
+            await _report(writer, lflow.labeling_report(spec, last, generation, before), generation)
 
 
 # ----------------------------------------------------------------------------------------- waiting
@@ -176,53 +178,12 @@ async def _wait_for_change(body: kopf.Body, generation: Any, stopped: kopf.Daemo
         await stopped.wait(POLL_SECONDS)
 
 
-# ----------------------------------------------------------------------------------------- status
-
-
-class _StatusWriter:
-    """Writes the daemon's status with ``common.set_phase`` semantics (only what changed; an Event on
-    a phase change), keeping the status it wrote as the current one: the daemon's ``body`` is updated
-    by the watch, which may lag behind our own writes."""
-
-    def __init__(self, rt: common.Runtime, body: kopf.Body) -> None:
-        self.rt = rt
-        self.body = body
-        self.current: dict[str, Any] = dict(body.get("status") or {})
-
-    def _view(self, generation: int | None) -> kopf.Body:
-        # The generation the run worked on, not the live one: a spec changed mid-run is run again.
-        metadata = {**dict(self.body.get("metadata") or {}), "generation": generation}
-        raw: dict[str, Any] = {
-            "apiVersion": self.body.get("apiVersion") or constants.API_VERSION,
-            "kind": self.body.get("kind") or KIND,
-            "metadata": metadata,
-            "status": self.current,
-        }
-        return kopf.Body(cast(kopf.RawBody, raw))
-
-    async def report(self, report: lflow.Report, generation: int | None) -> None:
-        view = self._view(generation)
-        patch = kopf.Patch()
-        common.set_phase(
-            view,
-            patch,
-            report.phase,
-            report.reason,
-            report.message,
-            conditions=report.conditions,
-            fields=report.fields,
-        )
-        changes = dict(patch.get("status") or {})
-        self.rt.metrics.observe_phase(
-            KIND, str(self.body.meta.namespace), str(self.body.meta.name), report.phase
-        )
-        if not changes:
-            return
-        await common.run_sync(
-            self.rt.cluster.patch_custom_status,
-            PLURAL,
-            str(self.body.meta.namespace),
-            str(self.body.meta.name),
-            changes,
-        )
-        self.current = common.current_status(view, patch)
+async def _report(writer: common.StatusWriter, report: lflow.Report, generation: int | None) -> None:
+    await writer.write(
+        generation,
+        report.phase,
+        report.reason,
+        report.message,
+        conditions=report.conditions,
+        fields=report.fields,
+    )

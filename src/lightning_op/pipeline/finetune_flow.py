@@ -221,6 +221,8 @@ class JobView:
     reason: str | None = None
     message: str | None = None
     finished_at: datetime | None = None
+    #: ``spec.suspend`` is set: asked to suspend, whether or not its pods are gone yet
+    suspend_requested: bool = False
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -250,9 +252,10 @@ def job_view(job: Mapping[str, Any] | None) -> JobView:
     for item in status.get("conditions") or []:
         if item.get("type") == "Suspended" and item.get("status") == "True":
             return JobView(JobState.SUSPENDED)
-    if (job.get("spec") or {}).get("suspend") and not status.get("active"):
-        return JobView(JobState.SUSPENDED)
-    return JobView(JobState.RUNNING)
+    suspend = bool((job.get("spec") or {}).get("suspend"))
+    if suspend and not status.get("active"):
+        return JobView(JobState.SUSPENDED, suspend_requested=True)
+    return JobView(JobState.RUNNING, suspend_requested=suspend)
 
 
 @dataclass
@@ -720,7 +723,9 @@ def _training(spec: ft.FineTuneJobSpec, step: Step, observed: Observed) -> Step:
         return _fail(step, observed, FailureReason.RESULT_UNAVAILABLE, message)
     # Running, or suspended while the FineTuneJob is not: a ``failed`` line from a pod the Job will
     # retry (preempted, SIGTERM after a checkpoint) is not the end of the round.
-    if job.state == JobState.SUSPENDED:
+    if job.state == JobState.SUSPENDED or job.suspend_requested:
+        # Also a Job still stopping its pods: resumed before it finished suspending, it would
+        # otherwise stay suspended.
         step.resume_job = number
     _copy_progress(status, number, output)
     scoring = number == 0 or (output is not None and output.last_event == "evaluating")
