@@ -61,6 +61,8 @@ from support.emulator import ApiServerEmulator, register_resources  # noqa: E402
 from support.trainer_double import seed_episodes  # noqa: E402
 
 from lightning_op.api import constants, kinds  # noqa: E402
+from lightning_op.manifests import trainer_job  # noqa: E402
+from lightning_op.pipeline import finetune_flow  # noqa: E402
 
 #: e.g. ``BENCH_PROFILE="-m cProfile -o op.prof"`` runs the operator under a profiler
 PROFILE = os.environ.get("BENCH_PROFILE", "").split()
@@ -101,11 +103,13 @@ def manifest(name: str) -> dict[str, Any]:
     }
 
 
-def trainer_log(job: str) -> bytes:
+def trainer_lines(job: str) -> list[dict[str, Any]]:
+    """What the trainer pod of ``job`` prints: the baseline's one ``evaluated`` line (round 0), or a
+    round's ``started`` / ``progress`` / ``completed``."""
     number = int(job.rsplit("-r", 1)[1])
     if number == 0:
-        return (json.dumps({"event": "evaluated", "round": 1, "score": 0.3}) + "\n").encode()
-    lines = [
+        return [{"event": "evaluated", "round": 1, "score": 0.3}]
+    return [
         {"event": "started", "round": number, "totalSteps": 10},
         {"event": "progress", "round": number, "percent": 100.0, "step": 10, "totalSteps": 10, "loss": 0.5},
         {
@@ -119,7 +123,26 @@ def trainer_log(job: str) -> bytes:
             "score": 0.9,
         },
     ]
-    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def write_trainer_files(models: Path, job: dict[str, Any], lines: list[dict[str, Any]]) -> None:
+    """What the trainer pod writes on the model volume before it exits: the baseline's evaluation
+    file (round 0) or the round's status file (its last line)."""
+    meta = job["metadata"]
+    labels = meta.get("labels") or {}
+    layout = finetune_flow.VolumeLayout(
+        str(meta["namespace"]),
+        labels[trainer_job.LABEL_FINETUNEJOB],
+        labels[trainer_job.LABEL_FINETUNEJOB_UID],
+    )
+    number = int(labels[trainer_job.LABEL_ROUND])
+    if number == 0:
+        path, content = layout.result_file(0), {"score": lines[-1]["score"]}
+    else:
+        path, content = layout.status_file(number), lines[-1]
+    target = layout.in_operator(models, path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(content))
 
 
 @attrs.define(kw_only=True)
@@ -200,8 +223,9 @@ class BenchEmulator(ApiServerEmulator):
 class Cluster:
     """The emulator plus what the bench does against it over HTTP (creates, watches, the kubelet)."""
 
-    def __init__(self, emulator: BenchEmulator, session: aiohttp.ClientSession) -> None:
+    def __init__(self, emulator: BenchEmulator, session: aiohttp.ClientSession, models: Path) -> None:
         self.emulator = emulator
+        self.models = models
         self.session = session
         self.url = str(emulator.url).rstrip("/")
         self.logs = emulator.logs
@@ -260,15 +284,19 @@ class Cluster:
             await asyncio.sleep(0.5)
 
     async def kubelet(self, namespace: str) -> None:
-        """Completes every new trainer Job: its Pod, the trainer's lines as the pod log, Job succeeded."""
+        """Completes every new trainer Job as its trainer pod would: the Pod, the trainer's lines as
+        its log, its files on the model volume, then the Job succeeded."""
         seen: set[str] = set()
         tasks: set[asyncio.Task[None]] = set()
         semaphore = asyncio.Semaphore(16)
 
-        async def complete(job: str) -> None:
+        async def complete(body: dict[str, Any]) -> None:
+            job = body["metadata"]["name"]
             async with semaphore:
                 pod = f"{job}-pod"
-                self.logs[pod] = trainer_log(job)
+                lines = trainer_lines(job)
+                self.logs[pod] = "".join(json.dumps(line) + "\n" for line in lines).encode()
+                write_trainer_files(self.models, body, lines)
                 await self.request(
                     "POST",
                     f"/api/v1/namespaces/{namespace}/pods",
@@ -294,10 +322,11 @@ class Cluster:
                 self.kubelet_writes += 2
 
         async for event in self.watch(f"/apis/batch/v1/namespaces/{namespace}/jobs"):
-            name = (event.get("object") or {}).get("metadata", {}).get("name")
+            body = event.get("object") or {}
+            name = body.get("metadata", {}).get("name")
             if event.get("type") == "ADDED" and name and name not in seen:
                 seen.add(name)
-                task = asyncio.create_task(complete(name))
+                task = asyncio.create_task(complete(body))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
@@ -353,6 +382,7 @@ async def run(
             requests_before = len(cluster.emulator.history)
             kubelet_before = cluster.kubelet_writes
             cpu_before = operator.cpu_seconds() or 0.0
+            bench_cpu_before = time.process_time()
             names = [f"ftj-{i:04d}" for i in range(n)]
             waiter = asyncio.create_task(cluster.wait_succeeded(namespace, set(names)))
             await asyncio.sleep(0.2)
@@ -365,6 +395,7 @@ async def run(
             await cluster.wait_events(namespace, TRANSITIONS * n, exclude="warmup", timeout=60.0)
             await asyncio.sleep(1.0)
             cpu_after = operator.cpu_seconds() or 0.0
+            bench_cpu = time.process_time() - bench_cpu_before
             writes = collections.Counter(cluster.emulator.writes) - writes_before
             calls = collections.Counter(
                 f"{r.method.value} {r.resource.plural}{'/' + r.subresource if r.subresource else ''}"
@@ -392,6 +423,7 @@ async def run(
         "create_seconds": created - started,
         "objects_per_second": n / seconds,
         "operator_cpu_seconds": cpu_after - cpu_before,
+        "emulator_cpu_seconds": bench_cpu,
         "writes": operator_writes,
         "writes_per_object": sum(operator_writes.values()) / n,
         "events_by_transition": dict(transitions),
@@ -445,7 +477,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
             env.pop(name, None)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
-            cluster = Cluster(emulator, session)
+            cluster = Cluster(emulator, session, models)
             noop = Operator(
                 [sys.executable, str(REPO / "bench" / "noop_operator.py"), "--namespace", "noop"],
                 env,
@@ -486,7 +518,8 @@ def report(result: dict[str, Any]) -> tuple[str, list[str]]:
         lines.append(
             f"{run_['label']}: {run_['objects']} objects in {run_['seconds']:.1f} s "
             f"({run_['objects_per_second']:.1f}/s; creates took {run_['create_seconds']:.1f} s), "
-            f"operator CPU {run_['operator_cpu_seconds']:.1f} s; "
+            f"operator CPU {run_['operator_cpu_seconds']:.1f} s, emulator and kubelet CPU "
+            f"{run_['emulator_cpu_seconds']:.1f} s; "
             f"writes per object {run_['writes_per_object']:.2f} ({writes})"
         )
     cpu_base = 1000 * base["operator_cpu_seconds"] / base["objects"]

@@ -180,6 +180,10 @@ class WriteCall:
         return f"{self.method} {target} {self.data}"
 
 
+#: the User-Agent of the tests' own requests (``Api``), so a test can tell the operator's apart
+TEST_USER_AGENT = "lightning-op-tests"
+
+
 class Api:
     """What a test does with kubectl, over HTTP against the emulator."""
 
@@ -189,7 +193,7 @@ class Api:
         self.url = str(emulator.url).rstrip("/")
 
     async def _request(self, method: str, path: str, body: Any = None, params: Mapping[str, str] = {}) -> Any:
-        headers = {}
+        headers = {"User-Agent": TEST_USER_AGENT}
         if method == "PATCH":
             headers["Content-Type"] = (
                 "application/json-patch+json" if isinstance(body, list) else "application/merge-patch+json"
@@ -296,6 +300,14 @@ class Api:
     def mark(self) -> int:
         """A position in the emulator's request log, for ``writes_since``."""
         return len(self.emulator.history)
+
+    def operator_reads_since(self, mark: int) -> list[str]:
+        """GET requests after ``mark`` that did not come from the test (``METHOD plural[/sub] name``)."""
+        return [
+            f"GET {r.resource.plural}{'/' + r.subresource if r.subresource else ''} {r.name or ''}".rstrip()
+            for r in self.emulator.history[mark:]
+            if r.method == "GET" and r.resource is not None and r.headers.get("User-Agent") != TEST_USER_AGENT
+        ]
 
     def writes_since(self, mark: int, plural: str | None = None) -> list[WriteCall]:
         """Create/patch/delete requests received after ``mark`` (of one plural when given)."""

@@ -7,12 +7,14 @@ decayed by ``lrDecay``, progress copied from the pod log, each round's score fro
 JSON line, the result against the baseline example by example, ``fineTunedModel`` = the best round's
 adapter, a Normal Event per phase change; ``MaxRoundsReached`` (Failed, with result and the best round
 recorded); the trainer's and the Job's failure reasons (Diverged, OutOfMemory, DeadlineExceeded,
-BackoffLimitExceeded) as a Warning; a job with no evaluation (one round, Succeeded); and an unchanged
-object costs no write calls.
+BackoffLimitExceeded) as a Warning; a job with no evaluation (one round, Succeeded); an unchanged
+object costs no write calls; and a finished round whose trainer wrote its files on the volume costs
+no reads of its Job, pods or pod log (the watch reported the Job, the volume holds the result).
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +149,6 @@ async def test_rounds_until_the_threshold_is_met(
 
 
 async def _sleep_ticks() -> None:
-    import asyncio
-
     await asyncio.sleep(1.0)
 
 
@@ -228,3 +228,52 @@ async def test_without_evaluation_one_round_succeeds(
     obj = await api.wait_for_phase("FineTuneJob", "plain", "Succeeded")
     assert obj["status"]["fineTunedModel"].endswith("/round-1/adapter")
     assert await api.get("Job", "plain-r0") is None
+
+
+def _reads_of(api: Any, mark: int, job: str) -> list[str]:
+    """The operator's GETs after ``mark`` of the Job ``job``, its pods or their logs."""
+    return [read for read in api.operator_reads_since(mark) if read.startswith("GET pods") or job in read]
+
+
+async def _running_and_read(api: Any, trainer: TrainerDouble, ftj: str, number: int) -> int:
+    """Start the round's trainer pod (the Job turns active), wait until the operator read its log,
+    and return a mark from there on: with a long poll interval, the operator reads nothing more
+    until the Job changes again."""
+    mark = api.mark()
+    if number == 0:
+        await trainer.log(ftj, number, "")
+    else:
+        await trainer.progress(ftj, number, 50.0)
+    pod_log = f"GET pods/log {trainer.job(ftj, number)}-pod"
+
+    async def read() -> bool:
+        return pod_log in api.operator_reads_since(mark)
+
+    await api.wait_for(read, what=f"the operator reading {pod_log}")
+    await asyncio.sleep(0.5)  # the rest of that tick (a status write, the tick after it)
+    return api.mark()
+
+
+async def test_a_finished_round_is_read_from_the_watch_and_the_volume(
+    api: Any, operator_process: Any, models_dir: Path, store_url: str, trainer: TrainerDouble
+) -> None:
+    """Once a round's Job finished, its result costs no reads: the Job's body came with the watch
+    event, the trainer's files on the volume hold the final line (no pod list, no pod log)."""
+    seed_episodes(store_url, "bot", 12, reward=0.9)
+    await operator_process.start(LIGHTNING_MODELS_DIR=str(models_dir), LIGHTNING_FINETUNE_POLL_SECONDS="60")
+    await api.create(finetune_manifest("vol"))
+    await _job(api, "vol-r0")
+    mark = await _running_and_read(api, trainer, "vol", 0)
+    await trainer.succeed("vol", 0, 0.4, examples=[0.0, 0.5, 1.0, 0.0])  # the baseline file holds the score
+    obj = await api.wait_for_phase("FineTuneJob", "vol", "Training")
+    assert obj["status"]["baseline"] == {"score": 0.4}
+    await _job(api, "vol-r1")
+    assert _reads_of(api, mark, "vol-r0") == []
+
+    mark = await _running_and_read(api, trainer, "vol", 1)
+    await trainer.succeed("vol", 1, 0.9, examples=[1.0, 1.0, 1.0, 0.5], status_file=True)
+    obj = await api.wait_for_phase("FineTuneJob", "vol", "Succeeded")
+    assert obj["status"]["result"]["score"] == 0.9
+    assert obj["status"]["fineTunedModel"].endswith("/round-1/adapter")
+    assert obj["status"]["rounds"][0]["trainLoss"] == 0.5
+    assert _reads_of(api, mark, "vol-r1") == []

@@ -130,20 +130,33 @@ class TrainerDouble:
         await self.log(ftj, number, text)
         return text
 
-    async def write_evaluation(self, ftj: str, number: int, scores: list[float]) -> None:
+    async def write_evaluation(
+        self, ftj: str, number: int, scores: list[float], score: float | None = None
+    ) -> None:
+        """The round's evaluation file: ``score`` (the one its final line reports; default the mean)
+        and the per-example scores."""
         layout = await self.layout(ftj)
         path = layout.in_operator(self.models_dir, layout.result_file(number))
         path.parent.mkdir(parents=True, exist_ok=True)
         per_example = [{"index": i, "score": s} for i, s in enumerate(scores)]
-        path.write_text(json.dumps({"score": sum(scores) / len(scores), "perExample": per_example}))
+        overall = score if score is not None else sum(scores) / len(scores)
+        path.write_text(json.dumps({"score": overall, "perExample": per_example}))
 
     async def succeed(
-        self, ftj: str, number: int, score: float, *, examples: list[float] | None = None
+        self,
+        ftj: str,
+        number: int,
+        score: float,
+        *,
+        examples: list[float] | None = None,
+        status_file: bool = False,
     ) -> str:
-        """The round finished: its final line (with the score), its files, the Job marked succeeded."""
+        """The round finished: its final line (with the score), its files, the Job marked succeeded.
+        With ``status_file``, a training round's final line also goes to its status file on the
+        volume, as the real trainer writes it before it exits."""
         layout = await self.layout(ftj)
         if examples is not None:
-            await self.write_evaluation(ftj, number, examples)
+            await self.write_evaluation(ftj, number, examples, score)
         if number == 0:
             final = line(
                 "evaluated",
@@ -175,6 +188,11 @@ class TrainerDouble:
                 ]
             )
         await self.log(ftj, number, text)
+        if status_file and number > 0:
+            path = layout.in_operator(self.models_dir, layout.status_file(number))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            final = [item for item in text.splitlines() if item.startswith('{"event": "completed"')][-1]
+            path.write_text(final)
         await self.kubelet.job_succeeded(self.job(ftj, number))
         return text
 

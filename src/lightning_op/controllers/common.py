@@ -165,6 +165,8 @@ class Runtime:
     store: store_base.EpisodeStore
     metrics: metrics_mod.Metrics
     wakers: Wakers = field(default_factory=Wakers)
+    #: child Jobs the watch reported finished, by (namespace, name): see ``finetune.remember_job``
+    finished_jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
 
 def runtime(memo: kopf.Memo) -> Runtime:
@@ -207,13 +209,28 @@ def quiet_success(fn: F) -> F:
     return fn
 
 
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diffbase, with the same essence built for less: kopf builds it on every
+    watch event by deep-copying the whole body, then dropping ``status`` and all of ``metadata``
+    but labels and annotations. This copies only what it keeps (a FineTuneJob's status, with its
+    rounds and conditions, is most of the body)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        if extra_fields:
+            return super().build(body=body, extra_fields=extra_fields)  # they may pick from status
+        meta = body.get("metadata") or {}
+        kept = {key: value for key, value in body.items() if key not in ("metadata", "status")}
+        kept["metadata"] = {key: meta[key] for key in ("labels", "annotations") if key in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, kept)))
+
+
 def apply_settings(settings: kopf.OperatorSettings) -> None:
     """One replica, no peering; our finalizer and annotation prefix; Events only when we post them."""
     settings.peering.standalone = True
     settings.peering.mandatory = False
     settings.persistence.finalizer = constants.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=constants.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(
         prefix=constants.GROUP, key="last-handled-configuration"
     )
     settings.posting.enabled = True

@@ -117,8 +117,26 @@ async def wake_on_trainer_job(body: kopf.Body, memo: kopf.Memo, type: str | None
     """A trainer Job that changed (started, finished, suspended, gone) wakes its FineTuneJob's daemon.
     Its creation does not: the daemon that created it has nothing to do until it runs."""
     found = memo.get("runtime")
-    if isinstance(found, common.Runtime) and type != "ADDED":
-        found.wakers.wake(body.meta.labels.get(trainer_job.LABEL_FINETUNEJOB_UID))
+    if isinstance(found, common.Runtime):
+        remember_job(found.finished_jobs, body, type)
+        if type != "ADDED":
+            found.wakers.wake(body.meta.labels.get(trainer_job.LABEL_FINETUNEJOB_UID))
+
+
+def remember_job(finished: dict[tuple[str, str], dict[str, Any]], body: kopf.Body, type: str | None) -> None:
+    """Keep the body of a trainer Job that the watch reports finished (Complete or Failed), so the
+    daemon reads it from here instead of a GET: a finished Job never runs again. Anything else
+    (running, suspended, being deleted, gone) is forgotten and read from the API, which is never
+    staler than the watch, so a Job the daemon just created or patched is seen as it is."""
+    key = (str(body.meta.namespace), str(body.meta.name))
+    view = flow.job_view(body)
+    if type != "DELETED" and not body.meta.deletion_timestamp and view.state in _FINISHED_JOB:
+        finished[key] = dict(body)
+    else:
+        finished.pop(key, None)
+
+
+_FINISHED_JOB = frozenset({flow.JobState.SUCCEEDED, flow.JobState.FAILED})
 
 
 async def _tick(
@@ -241,11 +259,13 @@ async def _observe(
         outcome = await common.run_sync(flow.build_snapshot, rt.store, spec, _models_dir(rt), layout)
         return flow.Observed(generation, now, dataset=outcome)
     if need.kind == flow.NeedKind.ROUND and need.round is not None:
+        job_name = _job_name(body, need.round)
         seen = await common.run_sync(
             _observe_round,
             rt.cluster,
             namespace,
-            _job_name(body, need.round),
+            job_name,
+            rt.finished_jobs.get((namespace, job_name)),
             layout,
             rt.config.models_dir,
             need.round,
@@ -259,16 +279,27 @@ def _observe_round(
     cluster: k8s.Cluster,
     namespace: str,
     job_name: str,
+    finished_job: dict[str, Any] | None,
     layout: flow.VolumeLayout,
     models_dir: str | None,
     number: int,
     evaluated: bool,
 ) -> flow.RoundObservation:
-    """The round's Job, the trainer's lines from its newest pod's log (the volume's copy when the
-    pod is gone) and, once it finished, the per-example evaluation files. Blocking: run in a thread."""
-    job = flow.job_view(cluster.get_job(namespace, job_name))
+    """The round's Job (``finished_job`` when the watch reported it finished, else a GET), the
+    trainer's final line and, once it finished, the per-example evaluation files. Blocking: run in a
+    thread.
+
+    The trainer's lines come from the volume first once the Job finished (its status file, written
+    by the trainer before it exits: no pod list, no log read), else from its newest pod's log (a
+    running trainer's progress; a trainer killed before it wrote its final line), else the volume
+    again for a Job whose pods are gone."""
+    job = flow.job_view(finished_job if finished_job is not None else cluster.get_job(namespace, job_name))
+    volume = Path(models_dir) if models_dir else None
     output: flow.TrainerOutput | None = None
-    if job.state != flow.JobState.MISSING:
+    read_volume = volume is not None and job.state in _FINISHED_JOB
+    if volume is not None and read_volume:
+        output = flow.volume_output(volume, layout, number)
+    if job.state != flow.JobState.MISSING and (output is None or output.final is None):
         pod = flow.newest_pod(cluster.job_pods(namespace, job_name))
         if pod is not None:
             try:
@@ -276,8 +307,8 @@ def _observe_round(
             except (k8s.NotFound, k8s.Invalid):
                 text = ""  # not started yet (400 while the container is created), or already gone
             output = flow.parse_trainer_output(text)
-    volume = Path(models_dir) if models_dir else None
-    if volume is not None and (output is None or output.final is None) and job.state != flow.JobState.RUNNING:
+    finished = output is not None and output.final is not None
+    if volume is not None and not read_volume and not finished and job.state != flow.JobState.RUNNING:
         output = flow.volume_output(volume, layout, number) or output
     examples = baseline = None
     if volume is not None and evaluated and number > 0 and output is not None and output.final is not None:
