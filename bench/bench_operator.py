@@ -1,10 +1,13 @@
 """Benchmark: FineTuneJobs driven to Succeeded by the real operator against the API-server emulator.
 
-Both runs use the same emulator (``tests/support/emulator.py``, in this process), the same kopf
+All three runs use the same emulator (``tests/support/emulator.py``, in this process), the same kopf
 settings and the same objects, each in its own namespace:
 
 - **baseline**: ``bench/noop_operator.py``, a kopf operator with one ``on.create`` handler that only
   sets ``status.phase: Succeeded``;
+- **API-work floor**: ``bench/floor_operator.py``, a kopf daemon that makes lightning-op's writes per
+  object (4 phase patches with an Event each, 2 Jobs, the finalizer) and waits for each Job, with
+  no logic: what the lifecycle's API work alone costs on kopf;
 - **lightning-op**: ``lightning-op operator`` (every controller loaded), ``LIGHTNING_FINETUNE_POLL_SECONDS``
   set by ``--poll`` (how often a running trainer's pod log is read; the daemon is otherwise
   woken by watch events). Each FineTuneJob has no gate and a tiny dataset (12 labeled episodes of one agent
@@ -12,12 +15,15 @@ settings and the same objects, each in its own namespace:
   with threshold 0.75: round 0 (baseline evaluation, score 0.30) and round 1 (score 0.90) run as
   ``batch/v1`` Jobs. A test kubelet in this process watches Jobs and, for each new one, creates its
   Pod, serves the trainer's JSON lines as the pod log (``evaluated`` / ``progress`` + ``completed``)
-  and marks the Job succeeded. Each object goes New -> BuildingDataset -> Evaluating -> Training ->
-  Succeeded: 4 phase transitions.
+  and writes the trainer's files on the model volume (the baseline's evaluation file, a round's
+  status file), then marks the Job succeeded. Each object goes New -> BuildingDataset ->
+  Evaluating -> Training -> Succeeded: 4 phase transitions.
 
 Reported: objects per second from the first create to the last Succeeded (ratio to the baseline;
-target >= 0.5x), and the operator's API write calls per phase transition (the emulator's write count
-minus the bench's own creates and the kubelet's writes; Events included; target <= 3).
+target >= 0.5x; also the floor's ratio to the baseline and lightning-op's to the floor), each
+operator's CPU and the emulator's, and the operator's API write calls per phase transition (the
+emulator's write count minus the bench's own creates and the kubelet's writes; Events included;
+target <= 3).
 
     .venv/bin/python bench/bench_operator.py [--objects 1000] [--poll 1.0] [--write-results]
 """
@@ -484,6 +490,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 workdir / "noop.log",
             )
             baseline = await run(cluster, "no-op kopf handler", "noop", noop, args.objects, kubelet=False)
+            floor_op = Operator(
+                [sys.executable, str(REPO / "bench" / "floor_operator.py"), "--namespace", "floor"],
+                env,
+                workdir / "floor.log",
+            )
+            floor = await run(cluster, "API-work floor", "floor", floor_op, args.objects, kubelet=True)
             ours = Operator(
                 [
                     sys.executable,
@@ -505,15 +517,23 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             real = await run(cluster, "lightning-op", "real", ours, args.objects, kubelet=True)
         emulator.closing = True
-    return {"baseline": baseline, "operator": real, "workdir": str(workdir), "poll": args.poll}
+    return {
+        "baseline": baseline,
+        "floor": floor,
+        "operator": real,
+        "workdir": str(workdir),
+        "poll": args.poll,
+    }
 
 
 def report(result: dict[str, Any]) -> tuple[str, list[str]]:
-    base, real = result["baseline"], result["operator"]
+    base, floor, real = result["baseline"], result["floor"], result["operator"]
     ratio = real["objects_per_second"] / base["objects_per_second"]
+    floor_ratio = floor["objects_per_second"] / base["objects_per_second"]
+    real_to_floor = real["objects_per_second"] / floor["objects_per_second"]
     per_transition = real["writes_per_object"] / TRANSITIONS
     lines = []
-    for run_ in (base, real):
+    for run_ in (base, floor, real):
         writes = ", ".join(f"{k} {v / run_['objects']:.2f}" for k, v in sorted(run_["writes"].items()))
         lines.append(
             f"{run_['label']}: {run_['objects']} objects in {run_['seconds']:.1f} s "
@@ -522,9 +542,19 @@ def report(result: dict[str, Any]) -> tuple[str, list[str]]:
             f"{run_['emulator_cpu_seconds']:.1f} s; "
             f"writes per object {run_['writes_per_object']:.2f} ({writes})"
         )
-    cpu_base = 1000 * base["operator_cpu_seconds"] / base["objects"]
-    cpu_real = 1000 * real["operator_cpu_seconds"] / real["objects"]
-    lines.append(f"operator CPU per object: lightning-op {cpu_real:.1f} ms, no-op {cpu_base:.1f} ms")
+    cpu = {
+        key: 1000 * run_["operator_cpu_seconds"] / run_["objects"]
+        for key, run_ in result.items()
+        if key in ("baseline", "floor", "operator")
+    }
+    lines.append(
+        f"operator CPU per object: lightning-op {cpu['operator']:.1f} ms, "
+        f"API-work floor {cpu['floor']:.1f} ms, no-op {cpu['baseline']:.1f} ms"
+    )
+    lines.append(
+        f"the API-work floor (the same writes and Jobs, no logic) runs at {floor_ratio:.2f}x of the no-op; "
+        f"lightning-op runs at {real_to_floor:.2f}x of the floor"
+    )
     calls = ", ".join(f"{k} {v / real['objects']:.2f}" for k, v in sorted(real["calls"].items()))
     lines.append(f"lightning-op API calls per object in its namespace (the kubelet's included): {calls}")
     by_transition = ", ".join(f"{k} {v}" for k, v in sorted(real["events_by_transition"].items()))
@@ -538,7 +568,8 @@ def report(result: dict[str, Any]) -> tuple[str, list[str]]:
     )
     summary = (
         f"operator: {real['objects_per_second']:.1f} objects/s vs no-op {base['objects_per_second']:.1f}/s "
-        f"= {ratio:.2f}x ({ratio_ok}), {per_transition:.3f} writes per phase transition ({writes_ok}), "
+        f"= {ratio:.2f}x ({ratio_ok}; the API-work floor {floor_ratio:.2f}x), "
+        f"{per_transition:.3f} writes per phase transition ({writes_ok}), "
         f"{real['objects']} FineTuneJobs, poll {result['poll']:g} s"
     )
     return summary, lines
@@ -559,24 +590,30 @@ def write_results(summary: str, lines: list[str]) -> None:
             *(f"- {line}" for line in lines),
             f"- Machine: {machine}.",
             "- What runs: see `bench/bench_operator.py`'s docstring (same emulator, kopf settings and",
-            "  objects for both; the lightning-op run builds a real 12-episode dataset per object and runs",
-            "  two trainer Jobs per object, completed by a kubelet loop serving the trainer's JSON lines as",
-            "  pod logs).",
-            "- Why the ratio is far below 0.5x: the baseline makes 2 API writes per object and gets 3",
-            "  watch events; lightning-op, per object, makes about 17 API calls (reads of the Job, its pods",
-            "  and the pod log for two rounds, 4 status patches, 4 Events, 2 Job creates, the finalizer)",
-            "  and gets about 10 watch events (its object and its two Jobs), each of which kopf processes",
-            "  at 2-4 ms of CPU; it also builds a real dataset per object. The operator is one process",
-            "  bound by that CPU (see operator CPU above), not by waiting: the FineTuneJob daemon is woken",
-            "  by the watch, not by a timer (the earlier 1 s timer design measured 0.07x with 33 ticks per",
-            "  object).",
+            "  objects for all three; the lightning-op run builds a real 12-episode dataset per object and",
+            "  runs two trainer Jobs per object, completed by a kubelet loop that serves the trainer's JSON",
+            "  lines as pod logs and writes its files on the model volume).",
+            "- The API-work floor (`bench/floor_operator.py`) is a kopf daemon with lightning-op's settings,",
+            "  login and client that makes the same writes per object (4 status patches, 4 Events, 2 Jobs,",
+            "  the finalizer) and waits for each Job through the Job watch, with no logic at all. It runs at",
+            "  about a tenth of the no-op: the 0.5x target cannot be met by any operator that drives a",
+            "  FineTuneJob through this lifecycle on kopf, because the no-op makes 2 writes and processes 3",
+            "  watch events per object where the lifecycle needs 11 writes and about 10 events. Against",
+            "  that floor, lightning-op's own logic (spec parsing, the dataset build, trainer configs on the",
+            "  volume, reading results, metrics) costs the rest (see the floor ratio above).",
+            "- Where lightning-op's remaining CPU goes (py-spy, GIL samples): kopf's processing of watch",
+            "  events about half (cause detection, diffbase, progress storage, Event posting), the daemon's",
+            "  ticks and the kubernetes client in worker threads the other half. A finished trainer Job",
+            "  costs no reads: its body comes with the Job watch event, its result from the trainer's",
+            "  files on the volume.",
             "- Writes per transition: 11 per object for 4 transitions (status 4, Events 4, Jobs 2, the",
             "  finalizer); the daemon design has no change handlers, so kopf writes no diffbase",
-            "  annotation; the excess over 2.75 is kopf re-sending its finalizer patch after a 422.",
+            "  annotation.",
             "- The emulator is the tests' `ApiServerEmulator` (whose kmock request history keeps only the",
             "  request being routed and whose watches walk the event log from their own position) with",
-            "  lists, reads and creates indexed by resource (`BenchEmulator` in the bench). Without those",
-            "  changes the emulator, not the operators, is measured (50 objects took 210 s).",
+            "  lists, reads and creates indexed by resource (`BenchEmulator` in the bench). It runs in the",
+            "  bench process with the kubelet and is itself near one core's limit in the floor and",
+            "  lightning-op runs (its CPU is reported above): on a real API server both would go faster.",
             "",
         ]
     )
