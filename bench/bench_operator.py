@@ -162,12 +162,9 @@ class BenchEmulator(ApiServerEmulator):
     """
 
     logs: dict[str, bytes] = attrs.field(factory=dict)
-    #: object keys per resource (group, version, plural), so lists and reads do not scan every object
-    _index: dict[tuple[str, str, str], list[Any]] = attrs.field(factory=dict, init=False)
-
-    @staticmethod
-    def _rkey(resource: Any) -> tuple[str, str, str]:
-        return (str(resource.group), str(resource.version), str(resource.plural))
+    #: object keys per resource (group, version, plural), so lists and reads do not scan every object;
+    #: an insertion-ordered dict (by namespace and name), so adding one is O(1), not a list scan
+    _index: dict[tuple[str, str, str], dict[tuple[Any, Any], Any]] = attrs.field(factory=dict, init=False)
 
     async def _apply_write(self, request: rendering.Request) -> None:
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
@@ -179,15 +176,13 @@ class BenchEmulator(ApiServerEmulator):
         if request.action == enums.action.CREATE and request.resource is not None:
             meta = (request.data or {}).get("metadata", {})
             namespace = request.namespace or meta.get("namespace")
-            key = (request.resource, namespace, meta.get("name"))
-            keys = self._index.setdefault(self._rkey(request.resource), [])
-            if key not in keys:
-                keys.append(key)
+            keys = self._index.setdefault(emulator_mod.resource_key(request.resource), {})
+            keys.setdefault((namespace, meta.get("name")), (request.resource, namespace, meta.get("name")))
 
     def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
         selector = request.params.get("labelSelector")
         items = []
-        for key in self._index.get(self._rkey(request.resource), []):
+        for key in self._index.get(emulator_mod.resource_key(request.resource), {}).values():
             _, namespace, name = key
             if request.namespace is not None and namespace != request.namespace:
                 continue
