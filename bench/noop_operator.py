@@ -37,13 +37,21 @@ async def noop(patch: kopf.Patch, **_: Any) -> None:
     patch.status["phase"] = "Succeeded"
 
 
-def main() -> None:
+def run_operator(operator_registry: kopf.OperatorRegistry) -> None:
+    """Run a bench operator's registry in the namespace given by ``--namespace`` (also for
+    ``floor_operator.py``)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--namespace", required=True)
     args = parser.parse_args()
     asyncio.run(
-        kopf.operator(registry=registry, standalone=True, clusterwide=False, namespaces=[args.namespace])
+        kopf.operator(
+            registry=operator_registry, standalone=True, clusterwide=False, namespaces=[args.namespace]
+        )
     )
+
+
+def main() -> None:
+    run_operator(registry)
 
 
 if __name__ == "__main__":

@@ -149,11 +149,15 @@ class Wakers:
     def discard(self, uid: str) -> None:
         self._by_uid.pop(uid, None)
 
+    def wants(self, uid: str | None, generation: int | None = None) -> bool:
+        """Whether ``wake(uid, generation)`` would wake a daemon."""
+        found = self._by_uid.get(uid or "")
+        return found is not None and (generation is None or generation != found.generation)
+
     def wake(self, uid: str | None, generation: int | None = None) -> None:
         """Wake ``uid``'s daemon; with ``generation``, only when it differs from the one it worked on."""
-        found = self._by_uid.get(uid or "")
-        if found is not None and (generation is None or generation != found.generation):
-            found.wake()
+        if self.wants(uid, generation):
+            self._by_uid[uid or ""].wake()
 
 
 @dataclass

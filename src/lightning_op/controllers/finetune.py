@@ -20,7 +20,11 @@ kopf keeps no last-handled-configuration annotation on the object (one write per
 
 Why the pod log for progress: trainer pods need no network path to the operator (a default-deny
 NetworkPolicy is fine), ``kubectl logs`` shows the same lines, and the final line carries the round's
-score; the trainer's status file on the model volume is the durable copy once the pod is gone.
+score. Once a round's Job finished, its result is read from the model volume first (the trainer's
+status file, or the baseline's evaluation file: written before the trainer exits, there after the
+pod is gone) and from the pod log only when the volume has no final line (a trainer killed first);
+the finished Job's body comes with the watch event (``remember_job``), so a finished round costs no
+API reads.
 
 On delete, kopf stops the daemon (the finalizer holds the object until it returned), which deletes
 the FineTuneJob's Jobs with their pods; ownerReferences do the same on a real cluster, where this
@@ -102,7 +106,15 @@ async def reconcile_finetune(body: kopf.Body, memo: kopf.Memo, stopped: kopf.Dae
             await _delete_trainer_jobs(rt, body, writer.current)
 
 
-@kopf.on.event(*RESOURCE)
+def _new_generation(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+    """A filter, so that kopf invokes no handler for the events of our own status writes (most)."""
+    found = memo.get("runtime")
+    return isinstance(found, common.Runtime) and found.wakers.wants(
+        str(body.meta.uid), body.meta.get("generation")
+    )
+
+
+@kopf.on.event(*RESOURCE, when=_new_generation)
 @common.quiet_success
 async def wake_on_spec_change(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A new generation (spec edit, ``suspend``) wakes the object's daemon; our status writes do not."""
