@@ -184,6 +184,9 @@ class WriteCall:
 TEST_USER_AGENT = "lightning-op-tests"
 
 
+_OUR_KINDS = frozenset(info.kind for info in kinds.KINDS)
+
+
 class Api:
     """What a test does with kubectl, over HTTP against the emulator."""
 
@@ -289,13 +292,24 @@ class Api:
             return obj if obj and (obj.get("status") or {}).get("phase") == phase else None
 
         try:
-            return await self.wait_for(check, timeout, what=f"{kind} {name} phase {phase}")
+            found = await self.wait_for(check, timeout, what=f"{kind} {name} phase {phase}")
         except AssertionError:
             obj = await self.get(kind, name, namespace)
             raise AssertionError(
                 f"{kind} {namespace}/{name} did not reach phase {phase} in {timeout} s; status: "
                 f"{(obj or {}).get('status')}"
             ) from None
+        if kind in _OUR_KINDS:
+            # kopf posts the phase change's Event from a queue, moments after the status write: a test
+            # that reads Events next must see it, as a user running kubectl a second later would.
+            async def announced() -> bool:
+                return any(
+                    str(e.get("message", "")).split(":")[0].endswith(f"-> {phase}")
+                    for e in await self.events(name, namespace)
+                )
+
+            await self.wait_for(announced, timeout, what=f"the Event of {kind} {name} entering {phase}")
+        return found
 
     def mark(self) -> int:
         """A position in the emulator's request log, for ``writes_since``."""
