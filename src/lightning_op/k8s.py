@@ -103,9 +103,10 @@ class Cluster:
 
     def _send_json(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Send ``body`` as it is. The typed methods (``create_namespaced_job``...) first validate a
-        dict into the client's model classes and serialize it back: that costs more CPU than the
-        request, and drops any field the client's models do not know. The response is raised as
-        an ``ApiException`` unless 2xx, like the typed methods."""
+        dict into the client's pydantic models and serialize it back: that costs more CPU than the
+        request, and refuses (a pydantic ``ValidationError``, not an ``ApiException``) any field
+        those models do not know. A response other than 2xx is raised as an ``ApiException``,
+        like the typed methods do."""
         request = self.api_client.param_serialize(
             method=method,
             resource_path=path,

@@ -169,21 +169,22 @@ class TrainerDouble:
             text = final
         else:
             adapter = finetune_flow.VolumeLayout.in_trainer(layout.round_dir(number) / "adapter")
+            final = line(
+                "completed",
+                round=number,
+                reason="Completed",
+                percent=100.0,
+                adapterPath=adapter,
+                trainLoss=0.5,
+                validLoss=0.75,
+                score=score,
+                perMetric={"toolAccuracy": score},
+            )
             text = "\n".join(
                 [
                     await self.progress(ftj, number, 100.0, step=10),
                     line("evaluating", round=number, examples=3, adapterPath=adapter),
-                    line(
-                        "completed",
-                        round=number,
-                        reason="Completed",
-                        percent=100.0,
-                        adapterPath=adapter,
-                        trainLoss=0.5,
-                        validLoss=0.75,
-                        score=score,
-                        perMetric={"toolAccuracy": score},
-                    ),
+                    final,
                     "2026-01-10 12:00:09 INFO lightning_op.trainer: done",
                 ]
             )
@@ -191,7 +192,6 @@ class TrainerDouble:
         if status_file and number > 0:
             path = layout.in_operator(self.models_dir, layout.status_file(number))
             path.parent.mkdir(parents=True, exist_ok=True)
-            final = [item for item in text.splitlines() if item.startswith('{"event": "completed"')][-1]
             path.write_text(final)
         await self.kubelet.job_succeeded(self.job(ftj, number))
         return text

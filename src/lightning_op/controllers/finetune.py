@@ -75,6 +75,9 @@ HANDLER = "reconcile_finetune"
 #: how long a stopping daemon may take to finish its tick and (on delete) delete its trainer Jobs
 #: before kopf cancels it
 CLEANUP_SECONDS = 20.0
+#: Job states that never change again: such a Job's body is kept from the watch, its result read
+#: from the volume
+_FINISHED_JOB = frozenset({flow.JobState.SUCCEEDED, flow.JobState.FAILED})
 
 
 @kopf.daemon(*RESOURCE, cancellation_backoff=CLEANUP_SECONDS, cancellation_timeout=5.0)
@@ -146,9 +149,6 @@ def remember_job(finished: dict[tuple[str, str], dict[str, Any]], body: kopf.Bod
         finished[key] = dict(body)
     else:
         finished.pop(key, None)
-
-
-_FINISHED_JOB = frozenset({flow.JobState.SUCCEEDED, flow.JobState.FAILED})
 
 
 async def _tick(
@@ -307,11 +307,11 @@ def _observe_round(
     again for a Job whose pods are gone."""
     job = flow.job_view(finished_job if finished_job is not None else cluster.get_job(namespace, job_name))
     volume = Path(models_dir) if models_dir else None
+    job_done = job.state in _FINISHED_JOB
     output: flow.TrainerOutput | None = None
-    read_volume = volume is not None and job.state in _FINISHED_JOB
-    if volume is not None and read_volume:
+    if volume is not None and job_done:
         output = flow.volume_output(volume, layout, number)
-    if job.state != flow.JobState.MISSING and (output is None or output.final is None):
+    if job.state != flow.JobState.MISSING and not _has_final(output):
         pod = flow.newest_pod(cluster.job_pods(namespace, job_name))
         if pod is not None:
             try:
@@ -319,16 +319,20 @@ def _observe_round(
             except (k8s.NotFound, k8s.Invalid):
                 text = ""  # not started yet (400 while the container is created), or already gone
             output = flow.parse_trainer_output(text)
-    finished = output is not None and output.final is not None
-    if volume is not None and not read_volume and not finished and job.state != flow.JobState.RUNNING:
-        output = flow.volume_output(volume, layout, number) or output
+    if volume is not None and not job_done and job.state != flow.JobState.RUNNING and not _has_final(output):
+        output = flow.volume_output(volume, layout, number) or output  # suspended or gone: no pods
     examples = baseline = None
-    if volume is not None and evaluated and number > 0 and output is not None and output.final is not None:
+    if volume is not None and evaluated and number > 0 and _has_final(output):
         examples = flow.example_scores(
             flow.read_json_file(layout.in_operator(volume, layout.result_file(number)))
         )
         baseline = flow.example_scores(flow.read_json_file(layout.in_operator(volume, layout.result_file(0))))
     return flow.RoundObservation(number, job, output, examples, baseline)
+
+
+def _has_final(output: flow.TrainerOutput | None) -> bool:
+    """Whether the trainer's lines end the round (``completed``, ``failed`` or ``evaluated``)."""
+    return output is not None and output.final is not None
 
 
 def _trainer_options() -> trainer_job.TrainerJobOptions:
