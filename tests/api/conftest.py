@@ -163,6 +163,8 @@ class WriteCall:
     name: str | None
     subresource: str | None
     data: Any
+    #: the HTTP status when the API server refused the write (409, 422, ...), else None
+    refused: int | None = None
 
     @property
     def kopf_bookkeeping(self) -> bool:
@@ -324,9 +326,10 @@ class Api:
         ]
 
     def writes_since(self, mark: int, plural: str | None = None) -> list[WriteCall]:
-        """Create/patch/delete requests received after ``mark`` (of one plural when given)."""
+        """Create/patch/delete requests received after ``mark`` (of one plural when given), the
+        refused ones included (``WriteCall.refused``)."""
         calls = []
-        for request in self.emulator.history[mark:]:
+        for index, request in enumerate(self.emulator.history[mark:], start=mark):
             if request.method not in ("POST", "PATCH", "PUT", "DELETE") or request.resource is None:
                 continue
             if plural is not None and request.resource.plural != plural:
@@ -341,6 +344,7 @@ class Api:
                     name,
                     request.subresource,
                     request.data,
+                    self.emulator.refused.get(index),
                 )
             )
         return calls

@@ -47,8 +47,11 @@ async def test_a_job_is_created_as_built_and_adopted_when_it_exists(api: Any) ->
     again, fresh = await asyncio.to_thread(cluster.create_or_adopt_job, NAMESPACE, _job("ftj-r1"))
     assert fresh is False
     assert again["metadata"]["uid"] == created["metadata"]["uid"]
-    # the refused create (409) changed nothing: one Job, written once
-    assert [(w.method, w.name) for w in api.writes_since(0, "jobs")] == [("POST", "ftj-r1")]
+    # the second create was refused (409) and changed nothing: the Job was written once
+    assert [(w.method, w.name, w.refused) for w in api.writes_since(0, "jobs")] == [
+        ("POST", "ftj-r1", None),
+        ("POST", "ftj-r1", 409),
+    ]
 
 
 async def test_an_unreachable_api_server_is_unavailable() -> None:

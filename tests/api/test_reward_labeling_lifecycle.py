@@ -81,4 +81,4 @@ async def test_labeling_runs_to_a_verdict(api: Any, operator_process: Any, store
 
     mark = api.mark()
     await asyncio.sleep(1.0)
-    assert api.writes_since(mark, "rewardlabelings") == []
+    assert api.writes_since(mark) == []

@@ -97,8 +97,11 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
     _log_changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
     #: write calls (create/patch/delete) received, by plural name; tests reset it with ``writes.clear()``
     writes: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
-    #: every request received, in order (kmock's own history keeps only the one being routed)
+    #: every request received, in order (kmock's own history keeps only the one being routed),
+    #: refused writes included
     history: list[rendering.Request] = attrs.field(factory=list, init=False)
+    #: the HTTP status of each refused write (409, 422, 404...), by its index in ``history``
+    refused: dict[int, int] = attrs.field(factory=dict, init=False)
     #: set before shutdown: open watches end (the server would otherwise wait for them)
     closing: bool = attrs.field(default=False, init=False)
 
@@ -231,6 +234,9 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
                 async with self._lock:
                     await self._apply_write(request)
             except k8s.KubernetesError as exc:
+                # recorded, so that "no writes" checks also see a write sent again and again in vain
+                self.refused[len(self.history)] = exc.status
+                self.history.append(request)
                 return await self._render_error(exc)
         # kmock routes a request by re-filtering its whole request history for each of its reactions:
         # time proportional to every request so far, which makes long tests (an operator restarted
