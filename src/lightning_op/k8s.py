@@ -208,11 +208,13 @@ class Cluster:
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
-    def pod_log_tail(self, namespace: str, pod: str, lines: int = 50) -> str:
+    def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int = 50) -> str:
+        """The last ``lines`` of one container's log. The container is named: in a pod with an
+        injected sidecar (a service mesh) the API server refuses a log read that does not name one."""
         response = _call(
             f"read log of Pod {namespace}/{pod}",
             lambda: self.core.read_namespaced_pod_log(
-                pod, namespace, tail_lines=lines, _preload_content=False
+                pod, namespace, container=container, tail_lines=lines, _preload_content=False
             ),
         )
         # With _preload_content=False the client returns the raw urllib3 response, not a str.

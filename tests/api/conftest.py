@@ -499,7 +499,8 @@ class Kubelet:
         namespace: str = NAMESPACE,
     ) -> dict[str, Any]:
         """A Pod of the Job (label ``job-name``) whose log is served at ``.../pods/NAME/log``;
-        ``set_log`` replaces the log later."""
+        ``set_log`` replaces the log later. The pod also has a sidecar (as a service mesh injects),
+        so, as on a real API server, a log read must name its container: one that does not gets a 400."""
         pod = await self.api.create(
             {
                 "apiVersion": "v1",
@@ -508,7 +509,12 @@ class Kubelet:
                     "name": pod_name,
                     "labels": {"job-name": job_name, "batch.kubernetes.io/job-name": job_name},
                 },
-                "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
+                "spec": {
+                    "containers": [
+                        {"name": "trainer", "image": "trainer"},
+                        {"name": "istio-proxy", "image": "proxyv2"},
+                    ]
+                },
             },
             namespace,
         )
@@ -528,7 +534,19 @@ class Kubelet:
         if first:
             path = _path("Pod", namespace, pod_name, "log")
             logs = self.logs
-            self.api.emulator[kmock.method.GET, kmock.path(path)] << (lambda: logs[key])
+
+            def serve_log(request: kmock.Request) -> Any:
+                if request.params.get("container") != "trainer":
+                    message = (
+                        f"a container name must be specified for pod {pod_name}, "
+                        "choose one of: [trainer istio-proxy]"
+                    )
+                    return kmock.Response(
+                        status=400, payload={"kind": "Status", "code": 400, "message": message}
+                    )
+                return logs[key]
+
+            self.api.emulator[kmock.method.GET, kmock.path(path)] << serve_log
         return pod
 
     def set_log(self, pod_name: str, log: bytes | str, namespace: str = NAMESPACE) -> None:

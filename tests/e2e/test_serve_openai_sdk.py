@@ -23,7 +23,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -297,4 +296,3 @@ def test_adapter_swap_changes_the_tuned_model_without_a_restart(
     assert tool_call(client, "analytics-tuned-v2")[0] == "top_products"
     served = httpx.get(f"{server.url}/admin/adapter", timeout=10).json()
     assert served["adapter"] == str(models["top"].resolve())
-    time.sleep(0)  # keep the server warm for the next module's tests

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import jsonpatch
 import pytest
 
 from lightning_op.api import promotion
@@ -24,21 +25,8 @@ def deployment(env: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def apply_json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
-    doc = copy.deepcopy(doc)
-    for op in ops:
-        *parents, last = op["path"].strip("/").split("/")
-        node: Any = doc
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        if op["op"] == "test":
-            assert (node[int(last)] if isinstance(node, list) else node[last]) == op["value"]
-        elif op["op"] == "add" and last == "-":
-            node.append(op["value"])
-        elif op["op"] in ("add", "replace"):
-            node[int(last) if isinstance(node, list) else last] = op["value"]
-        elif op["op"] == "remove":
-            del node[int(last) if isinstance(node, list) else last]
-    return doc
+    result: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(doc), ops)  # RFC 6902, as the API server
+    return result
 
 
 ORIGINAL_ENV = [

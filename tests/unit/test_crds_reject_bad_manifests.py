@@ -99,9 +99,9 @@ BAD: list[tuple[str, str, dict[str, Any], str, str]] = [
         "ec",
         {"spec.redaction.builtins": ["email", "ssn"]},
         "spec.redaction.builtins[1]",
-        "",
+        "Unsupported value: 'ssn'",
     ),
-    ("ec-empty-pattern", "ec", {"spec.redaction.patterns": [""]}, "spec.redaction.patterns[0]", ""),
+    ("ec-empty-pattern", "ec", {"spec.redaction.patterns": [""]}, "spec.redaction.patterns[0]", "non-empty"),
     ("ec-ttl-zero", "ec", {"spec.retention.ttlDays": 0}, "spec.retention.ttlDays", "minimum"),
     ("ec-enabled-string", "ec", {"spec.enabled": "yes"}, "spec.enabled", "type"),
     ("ec-agent-id-space", "ec", {"spec.agentId": "support agent"}, "spec.agentId", "match"),
@@ -123,7 +123,7 @@ BAD: list[tuple[str, str, dict[str, Any], str, str]] = [
         "rl",
         {"spec.grader": {**SCORE_JUDGE, "range": [0, 5, 10]}},
         "spec.grader.range",
-        "",
+        "too long",
     ),
     (
         "rl-grader-preset-bad",
@@ -167,7 +167,7 @@ BAD: list[tuple[str, str, dict[str, Any], str, str]] = [
     ),
     ("ftj-max-episodes-zero", "ftj", {"spec.dataset.maxEpisodes": 0}, "spec.dataset.maxEpisodes", "minimum"),
     ("ftj-no-base-model", "ftj", {"spec.baseModel": DELETE}, "spec.baseModel", "Required value"),
-    ("ftj-empty-base-model", "ftj", {"spec.baseModel": ""}, "spec.baseModel", ""),
+    ("ftj-empty-base-model", "ftj", {"spec.baseModel": ""}, "spec.baseModel", "non-empty"),
     ("ftj-backend-unknown", "ftj", {"spec.backend": "vertex"}, "spec.backend", "Unsupported"),
     ("ftj-method-grpo", "ftj", {"spec.method": "grpo"}, "spec.method", "Unsupported"),
     (
@@ -286,7 +286,7 @@ BAD: list[tuple[str, str, dict[str, Any], str, str]] = [
         "ftj",
         {"spec.hyperparameters.learning_rate": 0.1},
         "spec.hyperparameters.learning_rate",
-        "",
+        "unknown field",
     ),
     # ModelPromotion
     (
@@ -363,6 +363,7 @@ def test_api_server_rejects_and_names_the_field(
     assert errors, "the manifest was accepted"
     at_field = [e for e in errors if e.path == path]
     assert at_field, f"no error names {path}; got {[str(e) for e in errors]}"
+    assert fragment, "each case names the message it expects"
     assert any(fragment in e.message for e in at_field), f"{path}: expected {fragment!r} in {at_field}"
 
 

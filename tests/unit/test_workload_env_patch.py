@@ -2,8 +2,10 @@
 
 Covers: only the named vars change (other env and other containers untouched), an unchanged
 workload yields no patch (no write), a snapshot restores the exact previous env (values, valueFrom,
-absence), a container with no env list, an unknown container names the ones that exist, and a
-concurrent reorder makes the patch's ``test`` ops fail instead of editing the wrong entry.
+absence), a container with no env list, an unknown container names the ones that exist, a
+concurrent reorder makes the patch's ``test`` ops fail instead of editing the wrong entry, and any
+write since the Deployment was read (its resourceVersion moved) makes the patch fail, so env another
+writer just added is neither replaced nor duplicated.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def deployment(env_app: list[dict[str, Any]] | None) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "agent", "namespace": "demo"},
+        "metadata": {"name": "agent", "namespace": "demo", "resourceVersion": "41"},
         "spec": {
             "template": {
                 "spec": {
@@ -115,3 +117,27 @@ def test_a_concurrent_reorder_makes_the_patch_fail_instead_of_editing_the_wrong_
     app_env(reordered).reverse()
     with pytest.raises(jsonpatch.JsonPatchTestFailed):
         apply(reordered, ops)
+
+
+@pytest.mark.parametrize(
+    ("initial_env", "added_meanwhile"),
+    [
+        pytest.param(None, {"name": "OTHER", "value": "kept"}, id="env-list-created-meanwhile"),
+        pytest.param([], {"name": "USE_TUNED_MODEL", "value": "false"}, id="same-name-added-meanwhile"),
+    ],
+)
+def test_a_write_since_the_read_makes_the_patch_fail_instead_of_losing_or_duplicating_env(
+    initial_env: list[dict[str, Any]] | None, added_meanwhile: dict[str, Any]
+) -> None:
+    body = deployment(initial_env)
+    ops = workload_env.env_patch(body, "agent", {"USE_TUNED_MODEL": "true"})
+    edited = copy.deepcopy(body)
+    edited["spec"]["template"]["spec"]["containers"][1]["env"] = [added_meanwhile]
+    edited["metadata"]["resourceVersion"] = "42"
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        apply(edited, ops)
+    # built again from the re-read body, the patch keeps the other writer's entry and adds no twin
+    env = app_env(apply(edited, workload_env.env_patch(edited, "agent", {"USE_TUNED_MODEL": "true"})))
+    names = [e["name"] for e in env]
+    assert names.count("USE_TUNED_MODEL") == 1 and {"name": "USE_TUNED_MODEL", "value": "true"} in env
+    assert added_meanwhile["name"] == "USE_TUNED_MODEL" or added_meanwhile in env

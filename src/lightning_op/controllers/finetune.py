@@ -315,7 +315,9 @@ def _observe_round(
         pod = flow.newest_pod(cluster.job_pods(namespace, job_name))
         if pod is not None:
             try:
-                text = cluster.pod_log_tail(namespace, pod["metadata"]["name"], LOG_TAIL_LINES)
+                text = cluster.pod_log_tail(
+                    namespace, pod["metadata"]["name"], trainer_job.CONTAINER_NAME, LOG_TAIL_LINES
+                )
             except (k8s.NotFound, k8s.Invalid):
                 text = ""  # not started yet (400 while the container is created), or already gone
             output = flow.parse_trainer_output(text)

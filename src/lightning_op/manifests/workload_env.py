@@ -4,10 +4,13 @@ EpisodeCapture sets the capture variables, ModelPromotion sets ``USE_TUNED_MODEL
 ``TUNED_MODEL_NAME`` and later restores exactly what was there. Both go through here.
 
 Why JSON patch: a merge patch replaces the whole ``env`` list (losing the workload's other
-variables), and a strategic merge patch is not available everywhere (kmock lacks it). Every op
-that edits an existing entry is preceded by a ``test`` of that entry's name (and of the container's
-name), so a concurrent edit that reordered the list makes the API server refuse the patch (422)
-instead of our patch overwriting the wrong variable; the caller re-reads and retries.
+variables), and a strategic merge patch is not available everywhere (kmock lacks it). A patch
+begins with a ``test`` of the ``metadata.resourceVersion`` it was built from (as kopf's own
+patches do): any write in between makes the API server refuse it (422) and the caller re-reads and
+retries. Without it, an ``add .../env`` built for a container that had no env list would replace
+one another writer just added, and an ``add .../env/-`` could append a second entry of a name added
+meanwhile. Every op that edits an existing entry is also preceded by a ``test`` of that entry's
+name (and of the container's name), which still guards a body read without a resourceVersion.
 
 Pure functions over dicts; ``k8s.py`` sends the patch.
 """
@@ -105,4 +108,7 @@ def restore_patch(
         changes.append({"op": "remove", "path": f"{base}/env/{position}"})
     if not changes:
         return []
+    version = workload.get("metadata", {}).get("resourceVersion")
+    if version:
+        ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": version})
     return ops + changes
