@@ -386,6 +386,31 @@ def test_threshold_met_succeeds_with_the_best_adapter() -> None:
     assert step.create_round is None
 
 
+@pytest.mark.parametrize(
+    ("score", "phase", "passed"),
+    [
+        pytest.param(0.8, ft.FineTunePhase.SUCCEEDED, True, id="8-of-10-meets-7.5"),
+        pytest.param(0.7, ft.FineTunePhase.TRAINING, False, id="7-of-10-trains-again"),
+    ],
+)
+def test_a_ranged_grader_threshold_is_in_the_graders_units(
+    score: float, phase: ft.FineTunePhase, passed: bool
+) -> None:
+    """A score_model grader on [0, 10] with threshold 7.5: its scores arrive on [0, 1] (0.8 is 8/10)."""
+    judge = {
+        "type": "score_model",
+        "model": "gpt-4o-mini",
+        "input": [{"role": "user", "content": "Rate 0 to 10: {{sample.output_text}}"}],
+        "range": [0, 10],
+    }
+    ranged = spec(evaluation={"grader": judge, "threshold": 7.5, "maxRounds": 3, "lrDecay": 0.5})
+    status = training_status(baseline={"score": 0.3}, rounds=[{"round": 1, "learningRate": 0.001}])
+    step = run(ranged, status, round=round_seen(1, flow.JobState.SUCCEEDED, completed(1, score)))
+    assert step.status.phase == phase
+    assert step.status.result is not None and step.status.result.passed is passed
+    assert (step.create_round is None) is passed
+
+
 def test_max_rounds_fails_but_keeps_the_result_and_best_round() -> None:
     status = training_status(
         baseline={"score": 0.3},

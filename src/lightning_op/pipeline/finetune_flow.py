@@ -815,7 +815,7 @@ def _record_success(
         if score is None:
             message = f"round {number} trained but its evaluation gave no score"
             return _fail(step, observed, Reason.TRAINING_FAILED, message)
-        status.result = evaluation_result(score, spec.evaluation.threshold, seen)
+        status.result = evaluation_result(score, spec.evaluation.normalized_threshold(), seen)
     return _after_round(spec, step, observed)
 
 
@@ -862,7 +862,7 @@ def _after_round(spec: ft.FineTuneJobSpec, step: Step, observed: Observed) -> St
         return _succeed(step, observed, f"round {last.round} trained (no evaluation configured)")
     decision = rounds_mod.next_round_decision(
         _round_results(status),
-        evaluation.threshold,
+        evaluation.normalized_threshold(),  # graders score in [0, 1]; the spec is in the grader's units
         evaluation.max_rounds,
         spec.hyperparameters.learning_rate,
         evaluation.lr_decay,
