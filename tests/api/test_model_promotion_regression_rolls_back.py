@@ -4,7 +4,10 @@ Covers, with two agents on two Deployments: the target container already has bot
 (``USE_TUNED_MODEL=false`` as a plain value, ``TUNED_MODEL_NAME`` from a ConfigMap through
 ``valueFrom``) between other env; the promotion replaces them in place; during the verification
 window the promoted model's live episodes show a reward drop (one agent) or an error-rate rise (the
-other) beyond the spec's limits, and the operator restores both entries exactly as they were
+other) beyond the spec's limits; a third agent takes its ``MODEL_NAME`` from a ConfigMap too (no
+previous model the operator can read: it compares with the version its live traffic showed before)
+and its new model's episodes fail before anyone labeled them. The operator restores both entries
+exactly as they were
 (``valueFrom`` included, same positions: the whole container list equals the one before the
 promotion, the sidecar untouched), ends in phase RolledBack with a RolledBack condition naming the
 regression, status.comparison showing it, a Warning Event, and the rollback counted in
@@ -14,19 +17,27 @@ regression, status.comparison showing it, a Warning Event, and the rollback coun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 
-# agent: (reward of the new model's episodes, how many of its 8 episodes failed, what the message says)
+# agent: (reward of the new model's episodes (None: unlabeled), how many of its 8 episodes failed,
+# what the message says)
 CASES = {
     "reward-drop": (0.3, 0, "average reward fell"),
     "error-rise": (0.8, 4, "error rate rose"),
+    "model-from-configmap": (None, 5, "error rate rose"),
 }
 
 
 def deployment_with_model_env(objects, name: str):
     body = objects.agent_deployment(name)
     env = body["spec"]["template"]["spec"]["containers"][0]["env"]
+    if name == "model-from-configmap":
+        env[0] = {
+            "name": "MODEL_NAME",
+            "valueFrom": {"configMapKeyRef": {"name": "agent-models", "key": "base"}},
+        }
     env.insert(1, {"name": "USE_TUNED_MODEL", "value": "false"})
     env.insert(
         2,
@@ -54,10 +65,13 @@ async def test_regressions_roll_back_to_the_exact_previous_env(api, operator, ob
         body["spec"]["verification"].update(windowSeconds=60, minEpisodes=5)
         await api.create(body)
 
-    async with kubelet.rolling_out("reward-drop"), kubelet.rolling_out("error-rise"):
+    async with contextlib.AsyncExitStack() as rollouts:
+        for agent in CASES:
+            await rollouts.enter_async_context(kubelet.rolling_out(agent))
         for agent, (reward, errors, _) in CASES.items():
             obj = await api.wait_for_phase("ModelPromotion", agent, "Verifying")
-            assert obj["status"]["previousModel"] == "qwen-base"
+            known = None if agent == "model-from-configmap" else "qwen-base"
+            assert obj["status"].get("previousModel") == known
             env = objects.container_env(await api.get("Deployment", agent))
             assert env[1:3] == [
                 {"name": "USE_TUNED_MODEL", "value": "true"},
@@ -79,12 +93,13 @@ async def test_regressions_roll_back_to_the_exact_previous_env(api, operator, ob
         assert f"restored TUNED_MODEL_NAME, USE_TUNED_MODEL on Deployment {agent}" in rolled_back["message"]
         assert status["comparison"]["after"]["episodes"] == 8
         assert status["comparison"]["before"]["avgReward"] == 0.8
+        assert status["comparison"]["before"]["model"] == "qwen-base"
         events = await api.events(agent)
         assert (events[-1]["type"], events[-1]["reason"]) == ("Warning", "Regression")
         assert events[-1]["message"].startswith("Verifying -> RolledBack: restored")
     metrics = await operator.metrics()
-    assert 'lightning_op_rollbacks_total{namespace="test",reason="Regression"} 2.0' in metrics
-    assert 'lightning_op_promotions_total{namespace="test",outcome="rolled_back"} 2.0' in metrics
+    assert 'lightning_op_rollbacks_total{namespace="test",reason="Regression"} 3.0' in metrics
+    assert 'lightning_op_promotions_total{namespace="test",outcome="rolled_back"} 3.0' in metrics
 
     await asyncio.sleep(0.3)
     mark = api.mark()

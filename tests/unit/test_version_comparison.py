@@ -5,8 +5,11 @@ Covers ``pipeline.promotion``:
   a version without episodes reads as zero episodes, not an error;
 - without ``--before/--after`` the versions come from the agent's latest promotion record, else the two
   most recently seen versions; with fewer than two versions the error says to name them;
+- ``verification_comparison``: with no previous model known (the container's model name came from a
+  ConfigMap), the version compared with is the one other than the promoted seen last;
 - ``verification_verdict``: Pending below ``minEpisodes`` labeled, Failed on a reward drop or an
-  error-rate rise beyond the limits (the message names the figures), Passed otherwise.
+  error-rate rise beyond the limits (the message names the figures), Passed otherwise; an error-rate
+  rise fails even before any episode of either version is labeled.
 """
 
 from __future__ import annotations
@@ -129,3 +132,32 @@ def test_verification_verdict(
     )
     assert verdict.status is status
     assert phrase in verdict.message
+
+
+def test_an_unknown_previous_model_is_the_version_seen_last_before_the_promoted_one(
+    store: store_base.EpisodeStore,
+) -> None:
+    add(store, "v1", [1.0] * 3)
+    add(store, "from-configmap", [1.0, 0.0], start=10)
+    add(store, "tuned", [0.0, 0.0], start=20)
+    comparison = promotion.verification_comparison(store, "agent-a", None, "tuned", T0)
+    assert comparison.before.model_version == "from-configmap" and comparison.before.episodes == 2
+    assert comparison.after.model_version == "tuned"
+    named = promotion.verification_comparison(store, "agent-a", "v1", "tuned", T0)
+    assert named.before.model_version == "v1"
+
+
+def test_an_error_rate_rise_fails_before_any_episode_is_labeled() -> None:
+    unlabeled = [{"modelVersion": "base", "error": None} for _ in range(10)]
+    broken = [{"modelVersion": "tuned", "error": "tool failed" if i < 8 else None} for i in range(10)]
+    versions = promotion.summarise_versions(unlabeled + broken)
+    comparison = promotion.Comparison("agent-a", before=versions["base"], after=versions["tuned"])
+    verdict = promotion.verification_verdict(
+        comparison, max_reward_drop=0.05, max_error_rate_increase=0.1, min_episodes=10
+    )
+    assert verdict.status is promotion.VerdictStatus.FAILED
+    assert "error rate rose 0.800" in verdict.message
+    # too few episodes of the new version to judge: still pending, however many failed
+    few = promotion.summarise_versions(unlabeled + broken[:5])
+    early = promotion.Comparison("agent-a", before=few["base"], after=few["tuned"])
+    assert promotion.verification_verdict(early, 0.05, 0.1, 10).status is promotion.VerdictStatus.PENDING

@@ -17,7 +17,7 @@ already right), so a crash between the patch and its status write is repaired by
 RolledBack are final (spec changes afterwards are not acted on: create a new ModelPromotion); a
 Failed object starts over when its spec changes, unless the Deployment was already patched.
 
-Talks to ``controllers.common``, ``pipeline.promotion`` (compare_versions, verification_verdict),
+Talks to ``controllers.common``, ``pipeline.promotion`` (verification_comparison, verification_verdict),
 ``pipeline.promotion_flow``, ``manifests.workload_env`` and ``api``.
 """
 
@@ -246,12 +246,11 @@ async def _verifying(step: Step) -> None:
     spec, status = step.spec.verification, step.status
     lookback = max(timedelta(seconds=spec.window_seconds), BASELINE_LOOKBACK)
     since = (status.promotion_time or _now()) - lookback
-    before = status.previous_model or promotion_pipeline.UNKNOWN_VERSION
     comparison = await common.run_sync(
-        promotion_pipeline.compare_versions,
+        promotion_pipeline.verification_comparison,
         step.rt.store,
         str(step.spec.agent_id),
-        before,
+        status.previous_model,
         str(status.promoted_model),
         since,
     )

@@ -184,6 +184,33 @@ def compare_versions(
         default_before, default_after = default_versions(store, agent_id, stats)
         before = before or default_before
         after = after or default_after
+    return _comparison(agent_id, stats, before, after, since)
+
+
+def verification_comparison(
+    store: store_base.EpisodeStore,
+    agent_id: str,
+    previous: str | None,
+    promoted: str,
+    since: datetime,
+) -> Comparison:
+    """A promotion's live check: ``promoted`` against ``previous``, episodes since ``since``.
+
+    ``previous`` is None when the container's model name was not a plain env value (a ConfigMap or
+    Secret reference, which the operator does not read): the capture client records the resolved
+    name, so the version compared with is the one other than ``promoted`` seen last in the window,
+    the model that served just before the promotion."""
+    stats = version_stats(store, agent_id, since)
+    if previous is None:
+        others = [s for s in stats.values() if s.model_version not in (promoted, UNKNOWN_VERSION)]
+        latest = max(others, key=lambda s: s.last or datetime.min.replace(tzinfo=UTC), default=None)
+        previous = latest.model_version if latest is not None else UNKNOWN_VERSION
+    return _comparison(agent_id, stats, previous, promoted, since)
+
+
+def _comparison(
+    agent_id: str, stats: Mapping[str, VersionStats], before: str, after: str, since: datetime | None
+) -> Comparison:
     return Comparison(
         agent_id=agent_id,
         before=stats.get(before) or VersionStats(model_version=before),
@@ -217,35 +244,40 @@ def verification_verdict(
 ) -> Verdict:
     """Did the promoted version hold up on live traffic?
 
-    Pending until ``after`` has ``min_episodes`` labeled episodes (and ``before`` has at least one to
-    compare with); Failed when the average reward dropped by more than ``max_reward_drop`` or the
-    error rate rose by more than ``max_error_rate_increase``; Passed otherwise.
+    Failed when, with ``min_episodes`` labeled episodes of ``after``, the average reward dropped by
+    more than ``max_reward_drop``, or when, with ``min_episodes`` episodes of ``after`` and any of
+    ``before``, the error rate rose by more than ``max_error_rate_increase`` (errors need no labels,
+    so a broken model is caught before anyone labels its episodes); Pending while ``after`` has too
+    few labeled episodes or ``before`` none to compare rewards with; Passed otherwise.
     """
     before, after = comparison.before, comparison.after
-    if after.labeled < min_episodes:
-        return Verdict(
-            VerdictStatus.PENDING,
-            f"{after.model_version} has {after.labeled} labeled episodes of {min_episodes} needed",
-        )
     reasons: list[str] = []
     delta = comparison.reward_delta
-    if delta is None:
-        if before.labeled == 0:
-            return Verdict(
-                VerdictStatus.PENDING, f"{before.model_version} has no labeled episodes to compare with"
-            )
-    elif -delta > max_reward_drop:
+    if after.labeled >= min_episodes and delta is not None and -delta > max_reward_drop:
         reasons.append(
             f"average reward fell {-delta:.3f} ({before.avg_reward:.3f} -> {after.avg_reward:.3f}), "
             f"more than the allowed {max_reward_drop:.3f}"
         )
-    if comparison.error_rate_delta > max_error_rate_increase:
+    if (
+        after.episodes >= min_episodes
+        and before.episodes > 0
+        and comparison.error_rate_delta > max_error_rate_increase
+    ):
         reasons.append(
             f"error rate rose {comparison.error_rate_delta:.3f} ({before.error_rate:.3f} -> "
             f"{after.error_rate:.3f}), more than the allowed {max_error_rate_increase:.3f}"
         )
     if reasons:
         return Verdict(VerdictStatus.FAILED, "; ".join(reasons), tuple(reasons))
+    if after.labeled < min_episodes:
+        return Verdict(
+            VerdictStatus.PENDING,
+            f"{after.model_version} has {after.labeled} labeled episodes of {min_episodes} needed",
+        )
+    if delta is None:
+        return Verdict(
+            VerdictStatus.PENDING, f"{before.model_version} has no labeled episodes to compare with"
+        )
     change = "n/a" if delta is None else f"{delta:+.3f}"
     return Verdict(
         VerdictStatus.PASSED,
