@@ -501,6 +501,21 @@ class Kubelet:
         """A Pod of the Job (label ``job-name``) whose log is served at ``.../pods/NAME/log``;
         ``set_log`` replaces the log later. The pod also has a sidecar (as a service mesh injects),
         so, as on a real API server, a log read must name its container: one that does not gets a 400."""
+        job = await self.api.get("Job", job_name, namespace)
+        owner = (
+            [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": job_name,
+                    "uid": job["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ]
+            if job is not None
+            else []
+        )
         pod = await self.api.create(
             {
                 "apiVersion": "v1",
@@ -508,6 +523,8 @@ class Kubelet:
                 "metadata": {
                     "name": pod_name,
                     "labels": {"job-name": job_name, "batch.kubernetes.io/job-name": job_name},
+                    # as the Job controller makes them (a Job's pod lists carry their owner's uid)
+                    **({"ownerReferences": owner} if owner else {}),
                 },
                 "spec": {
                     "containers": [
@@ -519,7 +536,7 @@ class Kubelet:
             namespace,
         )
         await self.api.patch("Pod", pod_name, {"status": {"phase": phase}}, namespace, subresource="status")
-        if phase == "Running" and await self.api.get("Job", job_name, namespace) is not None:
+        if phase == "Running" and job is not None:
             # The Job controller counts the running pod: a Job watch event, as on a cluster.
             await self.api.patch(
                 "Job",

@@ -100,3 +100,53 @@ async def test_delete_removes_the_trainer_jobs(
     await api.wait_for(all_gone, what="FineTuneJob and its Jobs deleted")
     layout_dir = models_dir / "finetunejobs" / "test"
     assert any(layout_dir.iterdir()), "files on the model volume (dataset, adapters) are kept"
+
+
+async def test_a_job_left_by_an_earlier_finetunejob_of_the_same_name_is_not_adopted(
+    api: Any, ftj_operator: Any, kubelet: Any, models_dir: Path
+) -> None:
+    """An earlier FineTuneJob ``again`` was deleted while the operator was down: its finished
+    baseline Job (and that Job's pod, whose log says 0.99) still wait for the garbage collector.
+    The new ``again`` deletes that Job, creates its own, and records its own baseline score."""
+    old_uid = "00000000-0000-4000-8000-0000000000aa"
+    await api.create(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": "again-r0",
+                "labels": {
+                    "app.kubernetes.io/managed-by": "lightning-op",
+                    "lightning-op.dev/finetunejob-uid": old_uid,
+                },
+                "ownerReferences": [
+                    {
+                        "apiVersion": "lightning-op.dev/v1alpha1",
+                        "kind": "FineTuneJob",
+                        "name": "again",
+                        "uid": old_uid,
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {"template": {"spec": {"containers": [{"name": "trainer", "image": "trainer"}]}}},
+        }
+    )
+    old_score = '{"event": "evaluated", "round": 1, "score": 0.99, "adapterPath": null}'
+    await kubelet.serve_pod("again-r0", "again-r0-old", old_score)
+    await kubelet.job_succeeded("again-r0")
+
+    created = await api.create(finetune_manifest("again"))
+
+    async def ours() -> dict[str, Any] | None:
+        job = await api.get("Job", "again-r0")
+        owners = [ref["uid"] for ref in ((job or {}).get("metadata") or {}).get("ownerReferences", [])]
+        return job if owners == [created["metadata"]["uid"]] else None
+
+    job = await api.wait_for(ours, what="the baseline Job of the new FineTuneJob")
+    assert "status" not in job or not job["status"].get("conditions"), "a fresh Job, not the finished one"
+    trainer = TrainerDouble(api, kubelet, models_dir)
+    await trainer.succeed("again", 0, 0.3)
+    obj = await api.wait_for_phase("FineTuneJob", "again", "Training")
+    assert obj["status"]["baseline"]["score"] == 0.3

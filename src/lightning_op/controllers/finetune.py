@@ -179,7 +179,7 @@ async def _tick(
             str(body.meta.namespace), str(body.meta.name), progress.percent if progress is not None else None
         )
         return _next_delay(step, observed, wrote)
-    except (k8s.Unavailable, store_base.StoreUnavailableError) as exc:
+    except (k8s.Unavailable, store_base.StoreUnavailableError, _RetryLater) as exc:
         outcome = "retry"
         log.warning(
             "FineTuneJob %s/%s: %s; retrying in %ss",
@@ -222,6 +222,10 @@ def _next_delay(step: flow.Step, observed: flow.Observed, wrote: bool) -> float:
 
 class _PermanentError(Exception):
     """A round cannot be started with this spec (the trainer config refused it)."""
+
+
+class _RetryLater(Exception):
+    """Something in the way goes away by itself (an earlier FineTuneJob's Job being deleted)."""
 
 
 async def _delete_trainer_jobs(rt: common.Runtime, body: kopf.Body, status_raw: dict[str, Any]) -> None:
@@ -277,6 +281,7 @@ async def _observe(
             rt.cluster,
             namespace,
             job_name,
+            str(body.meta.uid),
             rt.finished_jobs.get((namespace, job_name)),
             layout,
             rt.config.models_dir,
@@ -291,6 +296,7 @@ def _observe_round(
     cluster: k8s.Cluster,
     namespace: str,
     job_name: str,
+    uid: str,
     finished_job: dict[str, Any] | None,
     layout: flow.VolumeLayout,
     models_dir: str | None,
@@ -301,18 +307,24 @@ def _observe_round(
     trainer's final line and, once it finished, the per-example evaluation files. Blocking: run in a
     thread.
 
+    A Job of that name controlled by another FineTuneJob (an earlier one of the same name, deleted
+    while the operator was down, whose Jobs the garbage collector has not removed yet) is not this
+    round's: it reads as missing, so its trainer's lines never become this job's scores.
+
     The trainer's lines come from the volume first once the Job finished (its status file, written
     by the trainer before it exits: no pod list, no log read), else from its newest pod's log (a
     running trainer's progress; a trainer killed before it wrote its final line), else the volume
     again for a Job whose pods are gone."""
-    job = flow.job_view(finished_job if finished_job is not None else cluster.get_job(namespace, job_name))
+    raw = finished_job if finished_job is not None else cluster.get_job(namespace, job_name)
+    job = flow.job_view(raw if raw is not None and _ours(raw, uid) else None)
     volume = Path(models_dir) if models_dir else None
     job_done = job.state in _FINISHED_JOB
     output: flow.TrainerOutput | None = None
     if volume is not None and job_done:
         output = flow.volume_output(volume, layout, number)
     if job.state != flow.JobState.MISSING and not _has_final(output):
-        pod = flow.newest_pod(cluster.job_pods(namespace, job_name))
+        job_uid = str((raw or {}).get("metadata", {}).get("uid") or "")
+        pod = flow.newest_pod(cluster.job_pods(namespace, job_name), job_uid)
         if pod is not None:
             try:
                 text = cluster.pod_log_tail(
@@ -330,6 +342,11 @@ def _observe_round(
         )
         baseline = flow.example_scores(flow.read_json_file(layout.in_operator(volume, layout.result_file(0))))
     return flow.RoundObservation(number, job, output, examples, baseline)
+
+
+def _ours(job: dict[str, Any], uid: str) -> bool:
+    owner = trainer_job.owner_uid(job)
+    return owner is None or owner == uid
 
 
 def _has_final(output: flow.TrainerOutput | None) -> bool:
@@ -360,7 +377,9 @@ async def _act(rt: common.Runtime, body: kopf.Body, spec: finetune.FineTuneJobSp
             _trainer_options(),
             config_path=layout.in_trainer(layout.config_file(plan.round)),
         )
-        await common.run_sync(rt.cluster.create_or_adopt_job, namespace, job)
+        existing, created = await common.run_sync(rt.cluster.create_or_adopt_job, namespace, job)
+        if not created and not _ours(existing, str(body.meta.uid)):
+            await _replace_foreign_job(rt, namespace, existing)
     for number, suspend in ((step.suspend_job, True), (step.resume_job, False)):
         if number is not None:
             try:
@@ -369,6 +388,18 @@ async def _act(rt: common.Runtime, body: kopf.Body, spec: finetune.FineTuneJobSp
                 )
             except k8s.NotFound:
                 pass  # nothing to suspend or resume: the next tick re-creates the Job if needed
+
+
+async def _replace_foreign_job(rt: common.Runtime, namespace: str, job: dict[str, Any]) -> None:
+    """A Job with this round's name belongs to an earlier FineTuneJob of the same name (names are
+    unique in a namespace, so that one is gone and its Job only waits for the garbage collector):
+    delete it now and create ours on a later tick, once it is gone."""
+    name = str(job["metadata"]["name"])
+    await common.run_sync(rt.cluster.delete_job, namespace, name)
+    raise _RetryLater(
+        f"Job {namespace}/{name} belongs to an earlier FineTuneJob of this name "
+        f"(uid {trainer_job.owner_uid(job)}); deleting it before this round's Job is created"
+    )
 
 
 async def _write(writer: common.StatusWriter, step: flow.Step, generation: int | None) -> bool:

@@ -155,6 +155,17 @@ def owner_reference(ftj: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def owner_uid(job: Mapping[str, Any]) -> str | None:
+    """The uid of the FineTuneJob that controls a trainer Job: its controller ownerReference, else its
+    ``finetunejob-uid`` label; None for a Job that carries neither."""
+    meta = job.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == finetune.KIND:
+            return str(ref.get("uid"))
+    label = (meta.get("labels") or {}).get(LABEL_FINETUNEJOB_UID)
+    return str(label) if label else None
+
+
 def trainer_command(round_number: int, config_path: str) -> list[str]:
     """Round 0 scores the base model; every other round trains and then scores the adapter."""
     if round_number == 0:

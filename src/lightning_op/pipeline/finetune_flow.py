@@ -295,13 +295,24 @@ def parse_trainer_output(text: str | Iterable[str]) -> TrainerOutput:
     return output
 
 
-def newest_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The most recently created pod of a Job (a retried Job has several)."""
+def newest_pod(pods: Sequence[Mapping[str, Any]], job_uid: str | None = None) -> Mapping[str, Any] | None:
+    """The most recently created pod of a Job (a retried Job has several). With ``job_uid``, pods
+    whose controller is another Job are skipped: the ``job-name`` label they are listed by is shared
+    with a deleted Job of the same name whose pods the garbage collector has not removed yet."""
+    if job_uid:
+        pods = [p for p in pods if _controller_uid(p) in (None, job_uid)]
     if not pods:
         return None
     return max(
         pods, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "", p["metadata"]["name"])
     )
+
+
+def _controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
 
 
 def example_scores(evaluation: Mapping[str, Any] | None) -> dict[int, float] | None:
