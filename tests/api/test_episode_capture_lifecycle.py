@@ -1,11 +1,13 @@
 """EpisodeCapture from creation to deletion, as a user sees it (the real operator against the emulator).
 
-Covers: creation patches exactly the four capture variables onto the named container (the
+Covers: creation patches exactly the capture variables (``spec.redaction`` included, as
+``EPISODE_REDACT_BUILTINS`` and ``EPISODE_REDACT_PATTERNS``) onto the named container (the
 container's other env, a ``valueFrom`` entry included, and the sidecar are untouched) and reaches
 phase Active with Ready and CaptureEnabled conditions, a ``New -> Active`` Event and the object in
 ``lightning_op_objects{phase="Active"}``; ``episodesCaptured`` and ``lastEpisodeTime`` follow the store
 on the timer, after ``retention.ttlDays`` purged the agent's older episodes; moving ``targetRef`` to
-another Deployment removes the variables from the first and sets them on the second; ``enabled:
+another Deployment removes the variables from the first and sets them on the second; a change of
+``redaction.patterns`` reaches the agent's env; ``enabled:
 false`` removes exactly those variables (phase Disabled, Event), re-enabling sets them again; deleting
 the object removes them and the finalizer lets the object go. A missing Deployment is phase Pending
 with a TargetNotFound condition and recovers once the Deployment appears, with retries spaced by the
@@ -15,6 +17,7 @@ retry delay (no storm).
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +31,7 @@ CAPTURE = {
     "spec": {
         "targetRef": {"kind": "Deployment", "name": "agent", "container": "agent"},
         "samplingRate": 0.25,
+        "redaction": {"builtins": ["email", "phone"], "patterns": ["ORD-[0-9]{8}"]},
         "retention": {"ttlDays": 30},
     },
 }
@@ -36,6 +40,8 @@ CAPTURE_VARS = {
     "EPISODE_COLLECTOR_URL": "http://collector.lightning-op.svc:8080",
     "EPISODE_AGENT_ID": "support-bot",
     "EPISODE_SAMPLING_RATE": "0.25",
+    "EPISODE_REDACT_BUILTINS": "email,phone",
+    "EPISODE_REDACT_PATTERNS": '["ORD-[0-9]{8}"]',
 }
 BASE = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)
 
@@ -97,6 +103,21 @@ async def test_capture_from_creation_to_deletion(api, operator, objects, store):
 
     await api.wait_for(moved, what="capture env on agent-2")
     assert objects.container_env(await api.get("Deployment", "agent"), "agent") == original_agent_env
+    assert objects.container_env(await api.get("Deployment", "agent-2"), "agent") == original_agent_env + [
+        {"name": name, "value": value} for name, value in CAPTURE_VARS.items()
+    ]
+
+    patterns = ["ORD-[0-9]{8}", r"CUST-\d{4,6}"]
+    await api.patch("EpisodeCapture", "support-bot", {"spec": {"redaction": {"patterns": patterns}}})
+
+    async def repatterned() -> bool:
+        env = objects.env_dict(await api.get("Deployment", "agent-2"))
+        return env.get("EPISODE_REDACT_PATTERNS") == json.dumps(patterns, separators=(",", ":"))
+
+    await api.wait_for(repatterned, what="the new redaction patterns on agent-2")
+    assert (
+        objects.env_dict(await api.get("Deployment", "agent-2"))["EPISODE_REDACT_BUILTINS"] == "email,phone"
+    )
 
     await api.patch("EpisodeCapture", "support-bot", {"spec": {"enabled": False}})
     obj = await api.wait_for_phase("EpisodeCapture", "support-bot", "Disabled")

@@ -6,7 +6,11 @@ at exit with ``modelVersion`` from ``TUNED_MODEL_NAME`` and errors recorded (and
 keeps or drops whole sessions; a collector that is down never blocks the agent (10,000 ``record()``
 calls return within a second, drops are counted, ``close`` and interpreter exit are bounded); 429 and
 503 with ``Retry-After`` are honoured, per-item rejections are final, a refused token is not retried;
-gzip bodies; a disabled recorder does nothing.
+gzip bodies; a disabled recorder does nothing. Redaction from ``EpisodeCapture``'s env
+(``EPISODE_REDACT_BUILTINS``, ``EPISODE_REDACT_PATTERNS``) is applied in the agent: an order number
+(a custom pattern the collector does not know) and an email land redacted in the store and never
+appear in what the agent sends; redaction env the client cannot use turns capture off with an error
+logged, and an episode the redactor fails on is dropped and counted: nothing leaves unredacted.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from support.collector_process import CollectorProcess, hold_write_lock, wait_fo
 from lightning_op import store as store_mod
 from lightning_op.collector import capture
 from lightning_op.store import base as store_base
+from lightning_op.store import redaction
 
 JSON = {"Content-Type": "application/json"}
 
@@ -114,6 +119,129 @@ def test_an_agent_configured_by_env_delivers_every_episode_at_exit(
     assert sorted(e.action.arguments["city"] for e in weather if e.action) == ["Lima", "Oslo", "Paris"]
     assert all(e.result["forecast"] == "sunny" and e.state.query.startswith("weather in") for e in weather)
     assert [e.result for e in episodes if e.state.query == "submitted"] == ["ok"]
+
+
+REDACTING_AGENT_SCRIPT = textwrap.dedent(
+    """
+    from lightning_op.collector.capture import EpisodeRecorder
+
+    recorder = EpisodeRecorder.from_env(flush_interval=30.0)
+    with recorder.record(query="where is ORD-12345678?", session_id="s1", turn=0) as rec:
+        rec.set_context({"customer": "ann@example.com"})
+        rec.action("lookup_order", {"order": "ORD-12345678", "notify": "ann@example.com"})
+        rec.result("ORD-12345678 shipped, mail sent to ann@example.com")
+    recorder.submit({"state": {"query": "status of ORD-87654321"}, "sessionId": "s2", "result": "ok"})
+    print("agent done")
+    """
+)
+REDACTION_ENV = {
+    "EPISODE_REDACT_BUILTINS": "email,phone",
+    "EPISODE_REDACT_PATTERNS": json.dumps(["ORD-[0-9]{8}"]),
+}
+
+
+def test_an_agent_redacts_order_numbers_and_emails_before_they_reach_the_store(
+    collector: CollectorProcess, store_url: str, tmp_path: Path
+) -> None:
+    env = {
+        "ENABLE_EPISODE_CAPTURE": "true",
+        "EPISODE_COLLECTOR_URL": collector.url,
+        "EPISODE_AGENT_ID": "order-bot",
+        "EPISODE_SAMPLING_RATE": "1",
+        **REDACTION_ENV,
+    }
+    (tmp_path / "agent.py").write_text(REDACTING_AGENT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "agent.py")], env={**collector.env, **env}, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    episodes = {e.session_id: e for e in stored(store_url, "order-bot")}
+    assert set(episodes) == {"s1", "s2"}
+    raw = json.dumps([e.to_json_dict() for e in episodes.values()])
+    assert "ORD-" not in raw and "ann@example.com" not in raw
+    first = episodes["s1"]
+    assert first.state.query == "where is [REDACTED:custom]?"
+    assert first.state.context == {"customer": "[REDACTED:email]"}
+    assert first.action is not None
+    assert first.action.arguments == {"order": "[REDACTED:custom]", "notify": "[REDACTED:email]"}
+    assert first.result == "[REDACTED:custom] shipped, mail sent to [REDACTED:email]"
+    assert first.redactions == {"custom": 3, "email": 3}
+    assert episodes["s2"].state.query == "status of [REDACTED:custom]"
+
+
+def test_redaction_happens_before_an_episode_leaves_the_agent() -> None:
+    env = {
+        "ENABLE_EPISODE_CAPTURE": "true",
+        "EPISODE_AGENT_ID": "order-bot",
+        # no builtins at the agent: what it sends shows the custom pattern alone was applied
+        "EPISODE_REDACT_BUILTINS": "",
+        "EPISODE_REDACT_PATTERNS": REDACTION_ENV["EPISODE_REDACT_PATTERNS"],
+    }
+    with ScriptedCollector([(200, {}, None)]) as server:
+        recorder = capture.EpisodeRecorder.from_env(
+            {**env, "EPISODE_COLLECTOR_URL": server.url}, flush_interval=0.01
+        )
+        with recorder.record(query="ORD-12345678 for bob@example.com", session_id="s", turn=0):
+            pass
+        assert recorder.flush(10)
+        recorder.close()
+
+    [[sent]] = server.bodies
+    assert sent["state"]["query"] == "[REDACTED:custom] for bob@example.com"
+    assert sent["redactions"] == {"custom": 1}
+
+
+@pytest.mark.parametrize(
+    "redaction_env",
+    [
+        pytest.param({"EPISODE_REDACT_PATTERNS": "(unclosed"}, id="not-json"),
+        pytest.param({"EPISODE_REDACT_PATTERNS": '["(unclosed"]'}, id="bad-regex"),
+        pytest.param(
+            {"EPISODE_REDACT_PATTERNS": '["(ORD-)?[0-9]*"]', "EPISODE_REDACT_BUILTINS": ""}, id="empty-match"
+        ),
+        pytest.param({"EPISODE_REDACT_PATTERNS": '{"p": "ORD"}'}, id="not-a-list"),
+        pytest.param({"EPISODE_REDACT_BUILTINS": "email,ssn"}, id="unknown-builtin"),
+    ],
+)
+def test_unusable_redaction_env_turns_capture_off(
+    redaction_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {"ENABLE_EPISODE_CAPTURE": "true", "EPISODE_AGENT_ID": "order-bot", **redaction_env}
+    with ScriptedCollector([(200, {}, None)]) as server, caplog.at_level(logging.ERROR):
+        recorder = capture.EpisodeRecorder.from_env({**env, "EPISODE_COLLECTOR_URL": server.url})
+        with recorder.record(query="ORD-12345678", session_id="s", turn=0) as rec:
+            rec.result("x")
+        assert recorder.submit({"state": {"query": "ORD-12345678"}}) is False
+        recorder.close()
+
+    assert not recorder.enabled and not rec.sampled
+    assert server.bodies == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "capture is off" in errors[0] and "EPISODE_REDACT" in errors[0]
+
+
+def test_an_episode_the_redactor_fails_on_is_dropped_not_sent(caplog: pytest.LogCaptureFixture) -> None:
+    class Failing(redaction.Redactor):
+        def redacted_episode(self, episode: Any) -> Any:
+            if "ORD-" in episode.state.query:
+                raise RuntimeError(f"boom on {episode.state.query}")
+            return super().redacted_episode(episode)
+
+    with ScriptedCollector([(200, {}, None)]) as server, caplog.at_level(logging.WARNING):
+        recorder = capture.EpisodeRecorder(server.url, "order-bot", redactor=Failing(), flush_interval=0.01)
+        for turn, query in enumerate(["ORD-12345678", "hello", "ORD-87654321"]):
+            with recorder.record(query=query, session_id="s", turn=turn):
+                pass
+        assert recorder.flush(10)
+        recorder.close()
+
+    assert [e["state"]["query"] for body in server.bodies for e in body] == ["hello"]
+    assert recorder.stats["redaction_failed"] == 2 and recorder.stats["accepted"] == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("could not be redacted" in m for m in messages) == 1
+    assert not any("ORD-" in m for m in messages), "the log must not quote what was not redacted"
 
 
 def test_sampling_keeps_or_drops_whole_sessions(collector: CollectorProcess, store_url: str) -> None:

@@ -5,7 +5,8 @@ Covers: DESIGN.md's defaults (minReward 0.7, threshold 0.75, maxRounds 3, lrDeca
 with the models' (a minimal object defaulted by the CRD parses to the same spec as without); agentId
 falls back to metadata.name; errors read ``spec.dataset.minReward: must be <= 1`` and list every bad
 field; kinds are found by kind, plural or short name; the JSON form is camelCase; an embedded grader
-keeps its grader-specific keys for the graders module.
+keeps its grader-specific keys for the graders module; a redaction pattern that does not compile or
+matches the empty string is refused, naming the field.
 """
 
 from __future__ import annotations
@@ -95,6 +96,22 @@ def test_every_bad_field_is_listed() -> None:
 def test_missing_or_malformed_spec(spec: Any, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         kinds.parse_spec("EpisodeCapture", {"metadata": {"name": "x"}, "spec": spec})
+
+
+@pytest.mark.parametrize(
+    "pattern, message",
+    [
+        ("(unclosed", "patterns[1] is not a valid regular expression"),
+        ("(ORD-)?[0-9]*", "patterns[1] '(ORD-)?[0-9]*' matches the empty string"),
+    ],
+    ids=["not-a-regex", "matches-empty"],
+)
+def test_a_redaction_pattern_the_capture_client_would_refuse_is_refused(pattern: str, message: str) -> None:
+    spec = {**MINIMAL["EpisodeCapture"], "redaction": {"patterns": ["ORD-[0-9]{8}", pattern]}}
+    with pytest.raises(SpecError) as caught:
+        kinds.parse_spec("EpisodeCapture", body("EpisodeCapture", spec))
+    assert caught.value.path == "spec.redaction.patterns"
+    assert message in caught.value.message
 
 
 @pytest.mark.parametrize("name", ["FineTuneJob", "finetunejobs", "ftj", "FTJ", "finetunejob"])

@@ -5,18 +5,26 @@ workload yields no patch (no write), a snapshot restores the exact previous env 
 absence), a container with no env list, an unknown container names the ones that exist, a
 concurrent reorder makes the patch's ``test`` ops fail instead of editing the wrong entry, and any
 write since the Deployment was read (its resourceVersion moved) makes the patch fail, so env another
-writer just added is neither replaced nor duplicated.
+writer just added is neither replaced nor duplicated. EpisodeCapture's env patch carries
+``spec.redaction`` (builtins comma-separated, patterns as a JSON array, a comma inside a regex
+included) that the capture client turns back into the same redactor, sets an empty builtins list as
+empty, and its removal takes the redaction variables away with the others.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import jsonpatch
 import pytest
 
+from lightning_op.api import capture
+from lightning_op.collector import capture as capture_client
 from lightning_op.manifests import workload_env
+from lightning_op.pipeline import capture_sync
+from lightning_op.store import redaction
 
 
 def deployment(env_app: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -141,3 +149,46 @@ def test_a_write_since_the_read_makes_the_patch_fail_instead_of_losing_or_duplic
     names = [e["name"] for e in env]
     assert names.count("USE_TUNED_MODEL") == 1 and {"name": "USE_TUNED_MODEL", "value": "true"} in env
     assert added_meanwhile["name"] == "USE_TUNED_MODEL" or added_meanwhile in env
+
+
+def capture_spec(spec_redaction: dict[str, Any]) -> capture.EpisodeCaptureSpec:
+    body = {
+        "metadata": {"name": "shop"},
+        "spec": {"targetRef": {"name": "agent"}, "redaction": spec_redaction},
+    }
+    return capture.parse_spec(body)
+
+
+@pytest.mark.parametrize(
+    ("spec_redaction", "builtins_env", "patterns"),
+    [
+        pytest.param(
+            {"builtins": ["email", "ip"], "patterns": ["ORD-[0-9]{8}", r"CUST-\d{2,4}"]},
+            "email,ip",
+            ["ORD-[0-9]{8}", r"CUST-\d{2,4}"],
+            id="builtins-and-patterns",
+        ),
+        pytest.param({"builtins": [], "patterns": ["ORD-[0-9]{8}"]}, "", ["ORD-[0-9]{8}"], id="no-builtins"),
+        pytest.param({}, "bearer,api_key,email,credit_card,ip,phone", [], id="defaults"),
+    ],
+)
+def test_capture_env_patch_carries_the_redaction_and_its_removal_takes_it_away(
+    spec_redaction: dict[str, Any], builtins_env: str, patterns: list[str]
+) -> None:
+    before = deployment(copy.deepcopy(BASE_ENV))
+    spec = capture_spec(spec_redaction)
+    enabled = apply(
+        before, workload_env.env_patch(before, "agent", capture_sync.capture_env(spec, "http://c:8080"))
+    )
+    env = {e["name"]: e["value"] for e in app_env(enabled) if "value" in e}
+
+    assert env["EPISODE_REDACT_BUILTINS"] == builtins_env
+    assert json.loads(env["EPISODE_REDACT_PATTERNS"]) == patterns
+    redactor = capture_client.redactor_from_env(env)
+    assert redactor is not None and list(redactor.patterns) == patterns
+    expected = redaction.Redactor(builtins=[str(b) for b in spec.redaction.builtins])
+    assert redactor.builtins == expected.builtins
+
+    disabled = capture_spec(spec_redaction).model_copy(update={"enabled": False})
+    for desired in (capture_sync.capture_env(disabled, "http://c:8080"), capture_sync.removal_env()):
+        assert app_env(apply(enabled, workload_env.env_patch(enabled, "agent", desired))) == BASE_ENV

@@ -1,9 +1,12 @@
 """EpisodeCapture (short name ``ec``): turns episode capture on for an agent workload and keeps count.
 
 The controller patches the target container's env (``ENABLE_EPISODE_CAPTURE``,
-``EPISODE_COLLECTOR_URL``, ``EPISODE_AGENT_ID``, ``EPISODE_SAMPLING_RATE``; names in
-``api.constants``) and removes them when capture is disabled or the object is deleted; the collector
-applies ``redaction`` and ``retention``. This module holds only the spec and status shapes.
+``EPISODE_COLLECTOR_URL``, ``EPISODE_AGENT_ID``, ``EPISODE_SAMPLING_RATE``, and ``redaction`` as
+``EPISODE_REDACT_BUILTINS`` and ``EPISODE_REDACT_PATTERNS``; names in ``api.constants``) and removes
+them when capture is disabled or the object is deleted. The agent's capture client
+(``collector.capture``) applies ``redaction`` before an episode leaves the pod; the collector, shared
+by every agent, applies its own detectors to everything it stores as a safety net. The controller's
+timer applies ``retention``. This module holds only the spec and status shapes.
 """
 
 from __future__ import annotations
@@ -64,18 +67,32 @@ DEFAULT_REDACTION = [
 
 
 class Redaction(ApiModel):
-    """What the collector replaces in an episode before anything is written."""
+    """What the agent's capture client replaces in an episode before it leaves the pod.
+
+    Carried to the agent in ``EPISODE_REDACT_BUILTINS`` and ``EPISODE_REDACT_PATTERNS``. The
+    collector is shared by all agents and keeps its own detectors (all builtins by default) on every
+    episode it stores, so this can add redaction for one agent but never remove the collector's.
+    """
 
     builtins: Annotated[list[RedactionBuiltin], Field(max_length=16)] = Field(
         default_factory=lambda: list(DEFAULT_REDACTION),
-        description="Built-in detectors to apply; an empty list turns them off. Default: all of them.",
+        description=(
+            "Built-in detectors the agent's capture client applies before an episode leaves the pod; an "
+            "empty list turns them off there. Default: all of them. The collector still applies its own "
+            "detectors (all of them, unless its --redact flags say otherwise) to every episode as a "
+            "safety net, so narrowing this list does not un-redact anything in the store."
+        ),
         json_schema_extra={"x-kubernetes-list-type": "set", "default": [str(b) for b in DEFAULT_REDACTION]},
     )
     patterns: Annotated[list[Annotated[str, Field(min_length=1, max_length=1000)]], Field(max_length=32)] = (
         Field(
             default_factory=list,
             description=(
-                "Extra regular expressions (Python syntax) whose matches are replaced by [REDACTED:custom]."
+                "Extra regular expressions (Python syntax) whose matches the agent's capture client "
+                "replaces by [REDACTED:custom] before an episode leaves the pod, after the builtins. "
+                "A pattern must compile and must not match the empty string. Only agents that send "
+                "through the capture client (lightning_op.collector.capture) apply them; the collector "
+                "applies no per-agent patterns."
             ),
         )
     )
@@ -83,11 +100,17 @@ class Redaction(ApiModel):
     @field_validator("patterns")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
+        # The same checks as store.redaction's Redactor, which the capture client builds from these:
+        # a pattern it would refuse turns capture off in the agent, so refuse it here, naming it.
         for i, pattern in enumerate(patterns):
             try:
-                re.compile(pattern)
+                compiled = re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"patterns[{i}] is not a valid regular expression: {exc}") from None
+            if compiled.fullmatch("") is not None:
+                raise ValueError(
+                    f"patterns[{i}] {pattern!r} matches the empty string; make it match something"
+                )
         return patterns
 
 
@@ -112,7 +135,10 @@ class EpisodeCaptureSpec(ApiModel):
     )
     redaction: Redaction = Field(
         default_factory=Redaction,
-        description="Values replaced before an episode is stored.",
+        description=(
+            "Values the agent's capture client replaces before an episode leaves the pod (set on the "
+            "agent as EPISODE_REDACT_BUILTINS and EPISODE_REDACT_PATTERNS)."
+        ),
         json_schema_extra={"default": {}},
     )
     retention: Retention = Field(

@@ -19,6 +19,10 @@ ENV_COLLECTOR_URL = "EPISODE_COLLECTOR_URL"
 ENV_AGENT_ID = "EPISODE_AGENT_ID"
 ENV_SAMPLING_RATE = "EPISODE_SAMPLING_RATE"
 ENV_COLLECTOR_TOKEN = "EPISODE_COLLECTOR_TOKEN"
+# EpisodeCapture's spec.redaction, applied by the capture client before an episode leaves the agent:
+# builtins as a comma-separated list (empty: none), patterns as a JSON array of regex strings.
+ENV_REDACT_BUILTINS = "EPISODE_REDACT_BUILTINS"
+ENV_REDACT_PATTERNS = "EPISODE_REDACT_PATTERNS"
 # Model selection env, set by ModelPromotion and read by the capture client for modelVersion.
 ENV_USE_TUNED_MODEL = "USE_TUNED_MODEL"
 ENV_TUNED_MODEL_NAME = "TUNED_MODEL_NAME"

@@ -9,9 +9,18 @@ the id is derived from agent, session, turn and content, so a retried batch neve
 
 Configuration comes from the environment that ``EpisodeCapture`` sets on the agent's Deployment
 (``ENABLE_EPISODE_CAPTURE``, ``EPISODE_COLLECTOR_URL``, ``EPISODE_AGENT_ID``,
-``EPISODE_SAMPLING_RATE``, ``EPISODE_COLLECTOR_TOKEN``; ``EpisodeRecorder.from_env()``) or from
-arguments. ``modelVersion`` is ``TUNED_MODEL_NAME`` when ``USE_TUNED_MODEL=true``, else
-``MODEL_NAME`` (set by ``ModelPromotion``), unless given.
+``EPISODE_SAMPLING_RATE``, ``EPISODE_REDACT_BUILTINS``, ``EPISODE_REDACT_PATTERNS``,
+``EPISODE_COLLECTOR_TOKEN``; ``EpisodeRecorder.from_env()``) or from arguments. ``modelVersion`` is
+``TUNED_MODEL_NAME`` when ``USE_TUNED_MODEL=true``, else ``MODEL_NAME`` (set by ``ModelPromotion``),
+unless given.
+
+Redaction: the EpisodeCapture's ``spec.redaction`` (builtins comma-separated, patterns a JSON array)
+becomes a ``store.redaction.Redactor`` that runs on the background thread, before an episode is
+serialised for sending, so those values never leave the agent. The collector redacts again with its
+own detectors as a safety net. The client fails safe: redaction env it cannot use (not JSON, a pattern
+that does not compile here, an unknown builtin) turns capture off with a logged error, since every
+episode would meet the same settings, and an episode the redactor fails on is dropped (counted in
+``stats['redaction_failed']``): nothing is sent unredacted.
 
 Usage::
 
@@ -60,6 +69,7 @@ import pydantic
 from lightning_op import __version__
 from lightning_op.api import constants
 from lightning_op.api import episode as ep
+from lightning_op.store import redaction
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +91,30 @@ def _model_version_from_env(environ: Mapping[str, str]) -> str | None:
         if tuned:
             return tuned
     return environ.get(constants.ENV_MODEL_NAME, "").strip() or None
+
+
+def redactor_from_env(environ: Mapping[str, str]) -> redaction.Redactor | None:
+    """The redaction ``EpisodeCapture`` asked for in ``EPISODE_REDACT_BUILTINS`` (comma-separated;
+    empty: none) and ``EPISODE_REDACT_PATTERNS`` (a JSON array of regexes); None when neither is set.
+    Raises ``ValueError`` naming the variable when a value cannot be used."""
+    raw_builtins = environ.get(constants.ENV_REDACT_BUILTINS)
+    raw_patterns = environ.get(constants.ENV_REDACT_PATTERNS)
+    if raw_builtins is None and raw_patterns is None:
+        return None
+    builtins = [name.strip() for name in (raw_builtins or "").split(",") if name.strip()]
+    patterns: Any = []
+    if raw_patterns is not None and raw_patterns.strip():
+        try:
+            patterns = json.loads(raw_patterns)
+        except ValueError as exc:
+            raise ValueError(f"{constants.ENV_REDACT_PATTERNS} is not JSON: {exc}") from None
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"{constants.ENV_REDACT_PATTERNS} must be a JSON array of strings")
+    try:
+        return redaction.Redactor(builtins=builtins, patterns=patterns)
+    except ValueError as exc:
+        names = f"{constants.ENV_REDACT_BUILTINS}/{constants.ENV_REDACT_PATTERNS}"
+        raise ValueError(f"{names}: {exc}") from None
 
 
 def _endpoint(url: str) -> str:
@@ -178,6 +212,8 @@ class _Batch:
 class EpisodeRecorder:
     """Records episodes and sends them to the collector in the background; see the module docstring.
 
+    ``redactor``: applied to every episode before it is sent (None: the collector's redaction only).
+
     Thread-safe. Sending starts with the first episode. ``flush`` waits for what is buffered to be
     sent; ``close`` flushes and stops the thread; at interpreter exit open recorders are flushed for at
     most ``exit_timeout`` seconds in all. A recorder that is disabled (``enabled=False``, or no URL or
@@ -194,6 +230,7 @@ class EpisodeRecorder:
         sampling: Sampling = "session",
         token: str | None = None,
         model_version: str | None = None,
+        redactor: redaction.Redactor | None = None,
         batch_size: int = 100,
         flush_interval: float = 1.0,
         max_buffer: int = 10_000,
@@ -222,6 +259,7 @@ class EpisodeRecorder:
         self.model_version = (
             model_version if model_version is not None else _model_version_from_env(os.environ)
         )
+        self.redactor = redactor
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
@@ -250,6 +288,7 @@ class EpisodeRecorder:
             "sampled_out": 0,  # not kept by sampling
             "dropped": 0,  # the buffer was full
             "invalid": 0,  # not a valid episode (checked before sending)
+            "redaction_failed": 0,  # not sent: the redactor failed on it
             "accepted": 0,  # stored by the collector
             "duplicates": 0,  # already stored (a retry)
             "rejected": 0,  # refused by the collector's validation
@@ -262,7 +301,8 @@ class EpisodeRecorder:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> EpisodeRecorder:
         """A recorder configured by ``EpisodeCapture``'s env vars; disabled unless
         ``ENABLE_EPISODE_CAPTURE`` is true and a collector URL and agent id are set. A malformed value
-        is logged and ignored (the agent keeps running)."""
+        is logged and ignored (the agent keeps running), except the redaction settings: those that
+        cannot be used turn capture off, with an error logged, unless ``redactor`` is given."""
         env = os.environ if environ is None else environ
         enabled = env.get(constants.ENV_ENABLE_CAPTURE, "").strip().lower() in _TRUE
         url = env.get(constants.ENV_COLLECTOR_URL, "").strip() or None
@@ -293,6 +333,13 @@ class EpisodeRecorder:
                     "capture: %s=%r is not an http(s) URL; capture is off", constants.ENV_COLLECTOR_URL, url
                 )
             url = None
+        redactor: redaction.Redactor | None = None
+        unusable: str | None = None
+        if enabled and "redactor" not in overrides:
+            try:
+                redactor = redactor_from_env(env)
+            except ValueError as exc:
+                unusable = str(exc)
         kwargs: dict[str, Any] = {
             "collector_url": url,
             "agent_id": agent_id,
@@ -300,16 +347,26 @@ class EpisodeRecorder:
             "sampling_rate": rate,
             "token": env.get(constants.ENV_COLLECTOR_TOKEN, "").strip() or None,
             "model_version": _model_version_from_env(env),
+            "redactor": redactor,
         }
         kwargs.update(overrides)
+        if unusable is not None:
+            # Fail safe: never send what the EpisodeCapture asked to redact. Turning capture off once
+            # (rather than dropping episode after episode) makes the cause one clear log line.
+            log.error(
+                "capture: %s; capture is off so that nothing unredacted leaves this agent (fix the "
+                "EpisodeCapture's spec.redaction)",
+                unusable,
+            )
+            kwargs["enabled"] = False
         return cls(**kwargs)
 
     # -- the agent's side: cheap, never raises ---------------------------------------------------
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters since start (a copy): recorded, sampled_out, dropped, invalid, accepted,
-        duplicates, rejected, failed, retries."""
+        """Counters since start (a copy): recorded, sampled_out, dropped, invalid, redaction_failed,
+        accepted, duplicates, rejected, failed, retries."""
         with self._lock:
             return dict(self._stats)
 
@@ -596,20 +653,42 @@ class EpisodeRecorder:
             data["timestamp"] = datetime.fromtimestamp(data["timestamp"], UTC)
         try:
             try:
-                return ep.Episode.model_validate(data).to_json_dict()
+                episode = ep.Episode.model_validate(data)
             except (pydantic.ValidationError, TypeError):
                 # Perhaps only non-JSON values (objects, sets, bytes, non-string keys): convert them
                 # to JSON-safe forms and try again.
-                return ep.Episode.model_validate(_json_safe(data)).to_json_dict()
+                episode = ep.Episode.model_validate(_json_safe(data))
         except (pydantic.ValidationError, ValueError, TypeError, RecursionError) as exc:
-            self._count("invalid")
-            self._log_once(
-                "invalid",
-                "capture: an episode is not valid and was not sent (%s); further ones are counted in "
-                "recorder.stats['invalid']",
-                ep.validation_reason(exc),
-            )
+            self._drop_invalid(exc)
             return None
+        if self.redactor is not None:
+            try:
+                episode = self.redactor.redacted_episode(episode)
+            except Exception as exc:  # whatever went wrong, the unredacted episode must not be sent
+                self._count("redaction_failed")
+                # The redactor's ValueError names the field; other messages might quote the data.
+                reason = str(exc)[:300] if type(exc) is ValueError else type(exc).__name__
+                self._log_once(
+                    "redaction",
+                    "capture: an episode could not be redacted and was not sent (%s); further ones are "
+                    "counted in recorder.stats['redaction_failed']",
+                    reason,
+                )
+                return None
+        try:
+            return episode.to_json_dict()
+        except (ValueError, TypeError, RecursionError) as exc:
+            self._drop_invalid(exc)
+            return None
+
+    def _drop_invalid(self, exc: Exception) -> None:
+        self._count("invalid")
+        self._log_once(
+            "invalid",
+            "capture: an episode is not valid and was not sent (%s); further ones are counted in "
+            "recorder.stats['invalid']",
+            ep.validation_reason(exc),
+        )
 
     def _post(self, client: httpx.Client, batch: _Batch) -> None:
         try:

@@ -1,8 +1,11 @@
 """EpisodeCapture's logic, as plain functions: the env the agent container gets, and the figures and
 retention kept in step with the store.
 
-``capture_env`` says which env vars the target container should have (the four capture variables, or
-their removal when capture is off); ``manifests.workload_env.env_patch`` turns that into a JSON patch.
+``capture_env`` says which env vars the target container should have (the capture variables, or their
+removal when capture is off); ``manifests.workload_env.env_patch`` turns that into a JSON patch. They
+include ``spec.redaction`` (``EPISODE_REDACT_BUILTINS``, ``EPISODE_REDACT_PATTERNS``), which the
+agent's capture client applies before an episode leaves the pod: the collector is shared by every
+agent and cannot read EpisodeCaptures, so the agent is where per-agent redaction can happen.
 ``store_figures`` reads ``episodesCaptured`` and ``lastEpisodeTime`` from the store (one aggregate
 query) and ``purge_expired`` applies ``retention.ttlDays``. The EpisodeCapture controller calls these;
 nothing here talks to Kubernetes. Talks to ``api`` and ``store``.
@@ -10,6 +13,7 @@ nothing here talks to Kubernetes. Talks to ``api`` and ``store``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +28,8 @@ CAPTURE_ENV_NAMES = (
     constants.ENV_COLLECTOR_URL,
     constants.ENV_AGENT_ID,
     constants.ENV_SAMPLING_RATE,
+    constants.ENV_REDACT_BUILTINS,
+    constants.ENV_REDACT_PATTERNS,
 )
 
 
@@ -44,6 +50,19 @@ def capture_env(spec: capture.EpisodeCaptureSpec, default_collector_url: str) ->
         constants.ENV_COLLECTOR_URL: spec.collector_url or default_collector_url,
         constants.ENV_AGENT_ID: str(spec.agent_id),
         constants.ENV_SAMPLING_RATE: format(spec.sampling_rate, "g"),
+        **redaction_env(spec.redaction),
+    }
+
+
+def redaction_env(redaction: capture.Redaction) -> dict[str, str]:
+    """``spec.redaction`` as the capture client reads it: builtins comma-separated (empty: none),
+    patterns as a JSON array (a regex may contain commas). Both always set, so what the agent
+    applies is visible on the Deployment."""
+    return {
+        constants.ENV_REDACT_BUILTINS: ",".join(str(b) for b in redaction.builtins),
+        constants.ENV_REDACT_PATTERNS: json.dumps(
+            redaction.patterns, ensure_ascii=False, separators=(",", ":")
+        ),
     }
 
 
