@@ -2,9 +2,11 @@
 Go library (``helm-python-sdk``, no helm binary, no cluster), parsed into Kubernetes objects.
 
 A test that takes the ``rendered`` fixture runs once per entry of ``VALUE_SETS`` (the defaults, every
-toggle on, every toggle off, and the store and placement variants), ids from the keys; ``render``
-renders any other values. Renders are cached for the session: Helm renders in milliseconds, but the
-same values are asked for by many tests.
+toggle on, every toggle off, and the claim, namespace and placement variants), ids from the keys;
+``render`` renders any other values. Both lay the given values over ``REQUIRED_VALUES``, the one
+setting the chart cannot default (a ReadWriteMany StorageClass for the model volume); ``render(...,
+bare=True)`` renders the given values alone. Renders are cached for the session: Helm renders in
+milliseconds, but the same values are asked for by many tests.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "lightning-op"
 RELEASE = "lightning-op"
 NAMESPACE = "lightning-op"
+
+#: what every install must choose: the chart fails the render while models are enabled without a
+#: StorageClass or an existing claim (the cluster's default class rarely provides ReadWriteMany)
+REQUIRED_VALUES: dict[str, Any] = {"models": {"persistence": {"storageClass": "azurefile-csi"}}}
 
 MONITORING_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 
@@ -47,23 +53,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "rbac": {"create": False, "aggregateToUserRoles": False},
         "serviceAccount": {"create": False, "name": "platform-operator"},
     },
-    "cosmos-secret": {
-        "store": {"type": "cosmos", "cosmos": {"existingSecret": {"name": "lightning-store", "key": "url"}}},
-        "collector": {"replicas": 3},
+    "existing-claims": {
+        "store": {"sqlite": {"persistence": {"existingClaim": "episodes-data"}}},
+        "models": {"persistence": {"existingClaim": "shared-models", "storageClass": ""}},
     },
-    "cosmos-workload-identity": {
-        "store": {
-            "type": "cosmos",
-            "cosmos": {"url": "cosmos://acct.documents.azure.com/lightning/episodes"},
-        },
+    "workload-identity": {
         "serviceAccount": {
             "annotations": {"azure.workload.identity/client-id": "00000000-0000-0000-0000-0000000000"}
         },
         "podLabels": {"azure.workload.identity/use": "true"},
-    },
-    "existing-claims": {
-        "store": {"sqlite": {"persistence": {"existingClaim": "episodes-data"}}},
-        "models": {"persistence": {"existingClaim": "shared-models", "storageClass": "azurefile-csi"}},
     },
     "watch-globs": {"operator": {"watchNamespaces": ["team-*", "agents"]}},
     "placement": {
@@ -147,6 +145,17 @@ def parse(files: dict[str, str]) -> list[dict[str, Any]]:
 Renderer = Callable[..., Rendered]
 
 
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid over ``base``, maps merged key by key (as Helm merges values files)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 @pytest.fixture(scope="session")
 def chart() -> Iterator[helm_python.Chart]:
     loaded = helm_python.Chart.load(CHART_DIR)
@@ -161,12 +170,17 @@ def render(chart: helm_python.Chart) -> Renderer:
     cache: dict[str, Rendered] = {}
 
     def _render(
-        values: dict[str, Any] | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE
+        values: dict[str, Any] | None = None,
+        *,
+        name: str = RELEASE,
+        namespace: str = NAMESPACE,
+        bare: bool = False,
     ) -> Rendered:
-        key = json.dumps([values or {}, name, namespace], sort_keys=True)
+        given = (values or {}) if bare else merged(REQUIRED_VALUES, values or {})
+        key = json.dumps([given, name, namespace], sort_keys=True)
         if key not in cache:
-            files = chart.render(values or {}, name=name, namespace=namespace)
-            cache[key] = Rendered(values or {}, name, namespace, files, parse(files))
+            files = chart.render(given, name=name, namespace=namespace)
+            cache[key] = Rendered(given, name, namespace, files, parse(files))
         return cache[key]
 
     return _render

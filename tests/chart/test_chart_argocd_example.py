@@ -3,8 +3,11 @@
 Covers: examples/argocd-application.yaml holds an Application whose Helm source is this repository's
 charts/lightning-op (a directory with the Chart.yaml of chart lightning-op), with the release name
 the chart's object names assume, into the namespace the operator's default collector URL names; any
-values it sets are keys of values.yaml and render; the Application that syncs the walkthrough's
-custom resources comes after it (a later sync wave) and points at files that exist.
+values it sets are keys of values.yaml and render on their own (they name the model volume's claim,
+which the chart requires); the Application that syncs the walkthrough's custom resources comes after
+it (a later sync wave) and points at files that exist; since the waves do not make it wait for the
+CRDs (not without a parent app-of-apps and an Application health check, which the comment says), it
+retries a failed sync with a backoff, as automated sync does not retry a failed commit by itself.
 """
 
 from __future__ import annotations
@@ -17,11 +20,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-APPS = [
-    d
-    for d in yaml.safe_load_all((REPO / "examples" / "argocd-application.yaml").read_text(encoding="utf-8"))
-    if d
-]
+TEXT = (REPO / "examples" / "argocd-application.yaml").read_text(encoding="utf-8")
+APPS = [d for d in yaml.safe_load_all(TEXT) if d]
 
 
 def _constant(module: Path, name: str) -> str:
@@ -77,7 +77,7 @@ def test_application_values_are_chart_values(render: Any, chart_dir: Path) -> No
     given = helm.get("valuesObject") or yaml.safe_load(helm.get("values") or "{}") or {}
     defaults = yaml.safe_load((chart_dir / "values.yaml").read_text(encoding="utf-8"))
     assert not _missing_keys(given, defaults), "the Application sets values the chart does not have"
-    assert render(given).objects
+    assert render(given, bare=True).objects
 
 
 def test_walkthrough_application_syncs_after_the_chart() -> None:
@@ -95,3 +95,26 @@ def test_walkthrough_application_syncs_after_the_chart() -> None:
             assert names, include
             for name in names.group(1).split(","):
                 assert (REPO / source["path"] / f"{name}.yaml").is_file(), name
+
+
+def _walkthrough_app() -> dict[str, Any]:
+    (app,) = [a for a in APPS if a is not _chart_app()]
+    return app
+
+
+def test_walkthrough_application_retries_until_the_crds_exist() -> None:
+    retry = _walkthrough_app()["spec"]["syncPolicy"]["retry"]
+    assert retry["limit"] < 0 or retry["limit"] >= 5, retry
+    backoff = retry["backoff"]
+    assert re.fullmatch(r"\d+[smh]", backoff["duration"]) and re.fullmatch(
+        r"\d+[smh]", backoff["maxDuration"]
+    )
+    assert int(backoff["factor"]) >= 2
+    assert "SkipDryRunOnMissingResource=true" in _walkthrough_app()["spec"]["syncPolicy"]["syncOptions"]
+
+
+def test_comment_does_not_promise_that_the_wave_waits() -> None:
+    header = "\n".join(line for line in TEXT.splitlines() if line.startswith("#"))
+    assert "waits for them" not in header
+    for needed in ("app-of-apps", "health", "syncPolicy.retry"):
+        assert needed in header, needed

@@ -1,6 +1,6 @@
 """The chart lints clean and renders objects a real API server accepts, with every value set.
 
-Covers, for the defaults, every toggle on, every toggle off, the Cosmos and placement variants
+Covers, for the defaults, every toggle on, every toggle off, the claim, identity and placement variants
 (``VALUE_SETS`` in conftest.py): Helm's lint finds no warning or error (strict, against the oldest
 Kubernetes the chart supports); every rendered object validates against the Kubernetes OpenAPI
 schemas (``kubernetes-validate``, strict: an unknown or misspelt field fails) for the oldest supported
@@ -8,7 +8,10 @@ and the newest known Kubernetes; ServiceMonitor, a CRD-typed object those schema
 checked structurally; the chart's CRDs validate as CustomResourceDefinitions; object names are unique
 and fit Kubernetes' limits; namespaced objects land in the release namespace; a release named other
 than the chart prefixes every name; settings that cannot work fail the render with a message that
-says what to change.
+says what to change: among them store.type cosmos (planned: this build's operator and collector refuse
+cosmos:// URLs and would crash-loop), and the plain defaults, whose model volume would need a
+ReadWriteMany claim from the cluster's default StorageClass (Pending on AKS, EKS, GKE and kind): they
+ask for a StorageClass or an existing claim, or models.enabled=false.
 """
 
 from __future__ import annotations
@@ -119,17 +122,98 @@ def test_another_release_name_prefixes_every_name(render: Any) -> None:
     assert env["LIGHTNING_COLLECTOR_URL"] == "http://prod-lightning-op-collector.ml-platform.svc:8080"
 
 
+COSMOS_PLANNED = "store.type cosmos is planned: the Azure Cosmos DB store is not available in this build yet"
+MODELS_NEED_A_CLASS = (
+    "models.persistence.storageClass or models.persistence.existingClaim is required"
+    " while models.enabled is true"
+)
+
+
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"collector": {"replicas": 2}}, "collector.replicas=1, or use store.type cosmos"),
-        ({"store": {"type": "cosmos"}}, "store.cosmos.existingSecret.name"),
-        ({"store": {"type": "postgres"}}, 'store.type "postgres" is not supported'),
+        ({"collector": {"replicas": 2}}, "store.type sqlite allows one writer: set collector.replicas=1"),
+        ({"store": {"type": "cosmos"}}, COSMOS_PLANNED),
+        (
+            {
+                "store": {"type": "cosmos", "cosmos": {"existingSecret": {"name": "lightning-store"}}},
+                "collector": {"replicas": 3},
+            },
+            COSMOS_PLANNED,
+        ),
+        (
+            {
+                "store": {
+                    "type": "cosmos",
+                    "cosmos": {"url": "cosmos://acct.documents.azure.com/lightning/ep"},
+                },
+                "podLabels": {"azure.workload.identity/use": "true"},
+            },
+            COSMOS_PLANNED,
+        ),
+        (
+            {"store": {"type": "postgres"}},
+            'store.type "postgres" is not supported: use sqlite (cosmos is planned)',
+        ),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+        ({"models": {"persistence": {"storageClass": ""}}}, MODELS_NEED_A_CLASS),
     ],
-    ids=["sqlite-with-two-collectors", "cosmos-without-url-or-secret", "unknown-store", "no-service-account"],
+    ids=[
+        "sqlite-with-two-collectors",
+        "cosmos-without-url-or-secret",
+        "cosmos-secret",
+        "cosmos-workload-identity",
+        "unknown-store",
+        "no-service-account",
+        "models-without-class-or-claim",
+    ],
 )
 def test_settings_that_cannot_work_fail_the_render(render: Any, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm_python.HelmError) as caught:
         render(values)
     assert message in str(caught.value)
+
+
+def test_cosmos_is_marked_planned_in_values(chart_dir: Path) -> None:
+    lines = (chart_dir / "values.yaml").read_text(encoding="utf-8").splitlines()
+    cosmos = lines.index("  cosmos:")
+    assert "Planned, not available in this build" in lines[cosmos - 1]
+    assert any(
+        "cosmos (Azure Cosmos DB) is planned" in line for line in lines[lines.index("store:") : cosmos]
+    )
+
+
+def test_plain_defaults_ask_for_a_read_write_many_volume(render: Any) -> None:
+    """The cluster's default StorageClass (AKS managed-csi, EKS gp2/gp3, GKE pd, kind local-path)
+    cannot provide the ReadWriteMany model volume: the plain defaults would leave the models claim,
+    the operator that mounts it and the collector pinned to the operator Pending."""
+    with pytest.raises(helm_python.HelmError) as caught:
+        render({}, bare=True)
+    message = str(caught.value)
+    assert MODELS_NEED_A_CLASS in message
+    for hint in ("azurefile-csi", "NFS", "examples/models-volume.yaml", "models.enabled=false"):
+        assert hint in message, hint
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"models": {"persistence": {"storageClass": "azurefile-csi"}}},
+        {"models": {"persistence": {"existingClaim": "lightning-op-models"}}},
+        {"models": {"enabled": False}},
+    ],
+    ids=["rwx-class", "existing-claim", "models-off"],
+)
+def test_a_class_a_claim_or_no_models_renders(render: Any, values: dict[str, Any]) -> None:
+    out = render(values, bare=True)
+    claims = {c["metadata"]["name"]: c for c in out.of_kind("PersistentVolumeClaim")}
+    storage_class = values["models"].get("persistence", {}).get("storageClass")
+    if storage_class:
+        models = claims[f"{out.release}-models"]["spec"]
+        assert models["storageClassName"] == storage_class
+        assert models["accessModes"] == ["ReadWriteMany"]
+    else:
+        assert f"{out.release}-models" not in claims
+    models_off = values["models"].get("enabled") is False
+    assert ("FineTuneJobs cannot run" in out.notes) == models_off
+    assert ("examples/finetune.yaml" in out.notes) != models_off

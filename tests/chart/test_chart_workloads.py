@@ -3,11 +3,11 @@
 Covers: the operator runs exactly one replica with the Recreate strategy (two kopf operators would
 race), its probes ask /healthz on the --metrics-port it serves, it watches every namespace by default
 or exactly operator.watchNamespaces, and it gets the store URL, the collector Service's URL, the
-trainer image and the model volume; the collector runs `lightning-op collector` on its port with
-probes on /healthz and /readyz, and its Service targets that port; with SQLite the store is one
-claim mounted by both and the collector is pinned to one replica (Recreate) on the operator's node;
-with Cosmos the URL comes from the Secret (never inlined) or the plain URL, no claim is made and the
-collector scales; claims outlive the release unless persistence.keep is off; a token Secret becomes
+trainer image and the model volume (a ReadWriteMany claim of the StorageClass the values name, or
+the existing claim); the collector runs `lightning-op collector` on its port with probes on /healthz
+and /readyz, and its Service targets that port; the store is SQLite (the only store of this build),
+one claim mounted by both, and the collector is pinned to one replica (Recreate) on the operator's
+node; claims outlive the release unless persistence.keep is off; a token Secret becomes
 --token-file; placement values reach the pods; NOTES.txt tells the next steps; every container's
 args parse with the real `lightning-op` command line.
 """
@@ -106,13 +106,21 @@ def test_operator_gets_store_collector_trainer_and_models(rendered: Any) -> None
         existing = rendered.values.get("models", {}).get("persistence", {}).get("existingClaim")
         if existing:
             assert claim == existing
+            assert f"{rendered.release}-models" not in {
+                c["metadata"]["name"] for c in rendered.of_kind("PersistentVolumeClaim")
+            }
         else:
-            assert rendered.named("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+            spec = rendered.named("PersistentVolumeClaim", claim)["spec"]
+            assert spec["accessModes"] == ["ReadWriteMany"]
+            assert spec["storageClassName"] == rendered.values["models"]["persistence"]["storageClass"]
     else:
         assert _flag(container["args"], "--models-dir") is None and "models" not in mounts
 
 
-def test_store_url_per_store_type(rendered: Any) -> None:
+def test_store_is_sqlite_on_one_claim(rendered: Any) -> None:
+    """SQLite is the only store this build has (store.type cosmos fails the render: see
+    test_chart_renders_valid_objects)."""
+    assert _store_type(rendered) == "sqlite"
     store = rendered.values.get("store", {})
     deployments = [_operator(rendered)]
     if _enabled(rendered, "collector"):
@@ -120,24 +128,10 @@ def test_store_url_per_store_type(rendered: Any) -> None:
     for deployment in deployments:
         env = _env(_container(deployment))["LIGHTNING_STORE"]
         volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-        if _store_type(rendered) == "sqlite":
-            assert env == {"name": "LIGHTNING_STORE", "value": "sqlite:////data/episodes.db"}
-            claim = volumes["store"]["persistentVolumeClaim"]["claimName"]
-            existing = store.get("sqlite", {}).get("persistence", {}).get("existingClaim")
-            assert claim == (existing or f"{rendered.release}-store")
-        elif store["cosmos"].get("existingSecret"):
-            secret = store["cosmos"]["existingSecret"]
-            assert env == {
-                "name": "LIGHTNING_STORE",
-                "valueFrom": {"secretKeyRef": {"name": secret["name"], "key": secret["key"]}},
-            }
-            assert "store" not in volumes
-        else:
-            assert env["value"] == store["cosmos"]["url"]
-    if _store_type(rendered) != "sqlite":
-        assert f"{rendered.release}-store" not in {
-            o["metadata"]["name"] for o in rendered.of_kind("PersistentVolumeClaim")
-        }
+        assert env == {"name": "LIGHTNING_STORE", "value": "sqlite:////data/episodes.db"}
+        claim = volumes["store"]["persistentVolumeClaim"]["claimName"]
+        existing = store.get("sqlite", {}).get("persistence", {}).get("existingClaim")
+        assert claim == (existing or f"{rendered.release}-store")
 
 
 def test_collector_serves_its_port_and_the_service_targets_it(rendered: Any) -> None:
@@ -167,16 +161,11 @@ def test_collector_with_sqlite_is_one_replica_on_the_operators_node(rendered: An
         return
     spec = _collector(rendered)["spec"]
     affinity = spec["template"]["spec"].get("affinity", {})
-    if _store_type(rendered) == "sqlite":
-        assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
-        (term,) = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-        assert term["topologyKey"] == "kubernetes.io/hostname"
-        operator_labels = _operator(rendered)["spec"]["template"]["metadata"]["labels"]
-        assert term["labelSelector"]["matchLabels"].items() <= operator_labels.items()
-    else:
-        assert spec["replicas"] == rendered.values.get("collector", {}).get("replicas", 1)
-        assert spec["strategy"]["type"] == "RollingUpdate"
-        assert "podAffinity" not in affinity
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    (term,) = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    operator_labels = _operator(rendered)["spec"]["template"]["metadata"]["labels"]
+    assert term["labelSelector"]["matchLabels"].items() <= operator_labels.items()
 
 
 def test_collector_token_secret_becomes_a_token_file(render: Any) -> None:

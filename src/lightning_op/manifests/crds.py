@@ -31,6 +31,11 @@ HEADER = (
     "# Regenerate with `make crds`.\n"
 )
 RBAC_FILE = "rbac.yaml"
+# Argo CD manages the chart's crds/ like any other resource: without this, deleting the Application
+# (cascade, resources-finalizer) or dropping a CRD from Git deletes it, and with it every custom
+# resource of that kind in every namespace. Helm never deletes crds/; this keeps Argo CD from doing so.
+ARGOCD_SYNC_OPTIONS = "argocd.argoproj.io/sync-options"
+CRD_ANNOTATIONS = {ARGOCD_SYNC_OPTIONS: "Delete=false,Prune=false"}
 
 # Keywords a CRD's JSONSchemaProps accepts that we pass through as they are.
 _PASSTHROUGH = frozenset(
@@ -265,7 +270,7 @@ def build_crd(info: kinds.KindInfo) -> dict[str, Any]:
     return {
         "apiVersion": CRD_API_VERSION,
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": info.crd_name, "labels": dict(LABELS)},
+        "metadata": {"name": info.crd_name, "labels": dict(LABELS), "annotations": dict(CRD_ANNOTATIONS)},
         "spec": {
             "group": constants.GROUP,
             "scope": "Namespaced",
@@ -313,17 +318,19 @@ def operator_rules() -> list[dict[str, Any]]:
         _rule(constants.GROUP, [f"{p}/status" for p in plurals], ["get", "patch"]),
         # ownerReferences with blockOwnerDeletion need update on the owner's finalizers.
         _rule(constants.GROUP, [f"{p}/finalizers" for p in plurals], ["update"]),
-        # EpisodeCapture and ModelPromotion JSON-patch the agent container's env and watch rollouts.
-        _rule("apps", ["deployments"], ["get", "list", "watch", "patch"]),
-        # FineTuneJob: one trainer Job per round, cleaned up on delete.
+        # EpisodeCapture and ModelPromotion read the agent's Deployment and JSON-patch its container's
+        # env; a promotion polls the rollout with get (nothing watches Deployments).
+        _rule("apps", ["deployments"], ["get", "patch"]),
+        # FineTuneJob: one trainer Job per round (kopf watches them), suspended or cleaned up on delete.
         _rule("batch", ["jobs"], ["create", "get", "list", "watch", "delete", "patch"]),
-        # Trainer progress comes from the pod log; pods are found by the Job's selector.
-        _rule("", ["pods"], ["get", "list", "watch"]),
+        # Trainer progress comes from the pod log; pods are listed by the Job's selector, never read
+        # one by one or watched.
+        _rule("", ["pods"], ["list"]),
         _rule("", ["pods/log"], ["get"]),
         # FineTuneJob.spec.credentials.secretRef (Azure): read one named Secret; never list or watch.
         _rule("", ["secrets"], ["get"]),
-        # Kubernetes Events on every phase change.
-        _rule("", ["events"], ["create", "patch"]),
+        # Kubernetes Events on every phase change: kopf only posts new ones.
+        _rule("", ["events"], ["create"]),
         # kopf: namespace discovery (--all-namespaces, patterns) and CRD discovery.
         _rule("", ["namespaces"], ["list", "watch"]),
         _rule("apiextensions.k8s.io", ["customresourcedefinitions"], ["get", "list", "watch"]),
