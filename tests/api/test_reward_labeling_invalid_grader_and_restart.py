@@ -2,7 +2,9 @@
 
 Covers: a grader the CRD schema accepts but the graders module refuses (a missing ``reference``, an
 unknown template namespace) ends in phase Failed with a condition naming ``spec.grader.<field>``,
-writes nothing more (no retry storm), and runs once the spec is fixed; an operator killed while
+writes nothing more (no retry storm), and runs once the spec is fixed; a RewardLabeling whose status
+writes the API server refuses (403, as RBAC would) stops trying after its Failed report, and runs to
+Completed once the writes are allowed and its spec changes (the daemon is not lost); an operator killed while
 labeling 20,000 episodes resumes from the store after a restart: every episode ends with exactly one
 label from the grader, and the status counts them all.
 """
@@ -90,3 +92,27 @@ async def test_restart_while_labeling_resumes_from_the_store(
     assert len(episodes) == total
     counts = {len([lb for lb in e["labels"] if lb["grader"] == "keywords"]) for e in episodes}
     assert counts == {1}, "every episode labeled exactly once across the restart"
+
+
+async def test_a_refused_status_write_fails_the_generation_and_a_spec_change_runs_it(
+    api: Any, operator_process: Any, store_url: str
+) -> None:
+    seed_keyword_episodes(store_url, "bot")
+    api.emulator.forbidden.add(("rewardlabelings", "rl-denied", "status"))
+    await operator_process.start()
+    await api.create(labeling_manifest("rl-denied", "bot"))
+
+    def refused() -> list[Any]:
+        return [w for w in api.writes_since(0, "rewardlabelings") if w.refused == 403]
+
+    async def refused_twice() -> bool:
+        return len(refused()) >= 2  # the stage's report, then its Failed report
+
+    await api.wait_for(refused_twice, what="the status writes refused")
+    await asyncio.sleep(1.0)
+    assert len(refused()) == 2, "no retry storm against a refusing API server"
+
+    api.emulator.forbidden.clear()
+    await api.patch("RewardLabeling", "rl-denied", {"spec": {"sampleTest": {"size": 3}}})
+    obj = await api.wait_for_phase("RewardLabeling", "rl-denied", "Completed", timeout=20)
+    assert obj["status"]["labeled"] == 30

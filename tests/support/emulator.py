@@ -104,6 +104,8 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
     refused: dict[int, int] = attrs.field(factory=dict, init=False)
     #: set before shutdown: open watches end (the server would otherwise wait for them)
     closing: bool = attrs.field(default=False, init=False)
+    #: writes refused with 403, as RBAC refuses them: (plural, name, subresource or None)
+    forbidden: set[tuple[str, str, str | None]] = attrs.field(factory=set, init=False)
 
     # ---------------------------------------------------------------- writes
 
@@ -231,6 +233,12 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         ):
             self.writes[str(request.resource.plural)] += 1
             try:
+                if (str(request.resource.plural), request.name, request.subresource) in self.forbidden:
+                    raise k8s.KubernetesError(
+                        status=403,
+                        reason="Forbidden",
+                        message=f"{request.resource.plural} {request.name}: forbidden",
+                    )
                 async with self._lock:
                     await self._apply_write(request)
             except k8s.KubernetesError as exc:

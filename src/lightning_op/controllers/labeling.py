@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from lightning_op import graders
+from lightning_op import graders, k8s
 from lightning_op.api import constants, kinds
 from lightning_op.api import labeling as rl
 from lightning_op.api.common import FieldProblem, SpecError
 from lightning_op.controllers import common
 from lightning_op.pipeline import labeling as labeling_pipeline
 from lightning_op.pipeline import labeling_flow as lflow
+
+log = logging.getLogger(__name__)
 
 KIND = rl.KIND
 PLURAL = kinds.kind_info(KIND).plural
@@ -60,6 +63,11 @@ async def run_labeling(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonSto
             continue
         try:
             await _run(rt, writer, body, spec, grader, stopped)
+        except k8s.Invalid as exc:
+            # The API server refused a write (403 from RBAC, 422): retrying the same write will not
+            # help, but a spec change may; a daemon that raised would never run again (kopf does
+            # not restart a permanently failed daemon), so fail this generation and wait here.
+            await _fail_until_changed(writer, body, generation, stopped, exc)
         finally:
             await grader.aclose()
 
@@ -171,6 +179,23 @@ async def _wait_until(body: kopf.Body, generation: Any, stopped: kopf.DaemonStop
         if left <= 0:
             return
         await stopped.wait(min(left, POLL_SECONDS))
+
+
+async def _fail_until_changed(
+    writer: common.StatusWriter,
+    body: kopf.Body,
+    generation: int | None,
+    stopped: kopf.DaemonStopped,
+    exc: k8s.Invalid,
+) -> None:
+    log.error(
+        "RewardLabeling %s/%s: the API server refused a write: %s", body.meta.namespace, body.meta.name, exc
+    )
+    try:
+        await _report(writer, lflow.Report(rl.LabelingPhase.FAILED, "ApiRejected", str(exc)), generation)
+    except k8s.Invalid:
+        pass  # the status itself is what it refuses: the log line above is all a user gets
+    await _wait_for_change(body, generation, stopped)
 
 
 async def _wait_for_change(body: kopf.Body, generation: Any, stopped: kopf.DaemonStopped) -> None:
