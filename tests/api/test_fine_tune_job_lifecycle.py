@@ -8,7 +8,7 @@ JSON line, the result against the baseline example by example, ``fineTunedModel`
 adapter, a Normal Event per phase change; ``MaxRoundsReached`` (Failed, with result and the best round
 recorded); the trainer's and the Job's failure reasons (Diverged, OutOfMemory, DeadlineExceeded,
 BackoffLimitExceeded) as a Warning; a job with no evaluation (one round, Succeeded); an unchanged
-object costs no write calls; and a finished round whose trainer wrote its files on the volume costs
+object costs no write calls, nor does a restart against a Succeeded one; and a finished round whose trainer wrote its files on the volume costs
 no reads of its Job, pods or pod log (the watch reported the Job, the volume holds the result).
 """
 
@@ -144,6 +144,16 @@ async def test_rounds_until_the_threshold_is_met(
     assert sorted(j["metadata"]["name"] for j in jobs) == ["ftj-1-r0", "ftj-1-r1", "ftj-1-r2"]
 
     mark = api.mark()
+    await _sleep_ticks()
+    assert api.writes_since(mark) == []
+
+    # a restarted operator's daemon finds the job settled: it writes nothing
+    await ftj_operator.restart()
+
+    async def reconciled() -> bool:
+        return 'handler="reconcile_finetune"' in await ftj_operator.metrics()
+
+    await api.wait_for(reconciled, what="the restarted operator's first reconcile")
     await _sleep_ticks()
     assert api.writes_since(mark) == []
 

@@ -82,3 +82,8 @@ async def test_labeling_runs_to_a_verdict(api: Any, operator_process: Any, store
     mark = api.mark()
     await asyncio.sleep(1.0)
     assert api.writes_since(mark) == []
+
+    # a restarted operator resumes every daemon (Once and Continuous) at its settled stage: no write
+    await operator_process.restart()
+    await asyncio.sleep(1.5)  # several labeling polls of every resumed daemon
+    assert api.writes_since(mark) == []
