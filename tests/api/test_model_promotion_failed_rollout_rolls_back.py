@@ -47,6 +47,8 @@ async def test_failed_rollouts(api, operator, objects, kubelet):
                 "True",
                 "RolloutFailed",
             )
+            # the decision was written before the env was restored, so a crash in between resumes it
+            assert _rollback_order(api, name) == ["Unknown", "restore", "True"]
         else:
             assert objects.env_dict(deployment)["USE_TUNED_MODEL"] == "true"
             assert (conditions["Failed"]["status"], conditions["Failed"]["reason"]) == (
@@ -55,3 +57,20 @@ async def test_failed_rollouts(api, operator, objects, kubelet):
             )
             assert "rollback.automatic is false" in conditions["Failed"]["message"]
             assert "RolledBack" not in conditions
+
+
+def _rollback_order(api, name: str) -> list[str]:
+    """The RolledBack condition's status in each status write, and the restoring Deployment patch
+    (the one that removes USE_TUNED_MODEL), in the order the API server received them."""
+    order = []
+    for write in api.writes_since(0):
+        if write.name != name or write.refused:
+            continue
+        if write.plural == "deployments" and isinstance(write.data, list):
+            if any(op["op"] == "remove" for op in write.data):
+                order.append("restore")
+        elif write.plural == "modelpromotions" and write.subresource == "status":
+            for condition in (write.data.get("status") or {}).get("conditions") or []:
+                if condition["type"] == "RolledBack":
+                    order.append(condition["status"])
+    return order
