@@ -2,7 +2,10 @@
 
 Covers: a batch replayed three times (as a JSON array, gzip, JSON Lines) is stored once and the
 replays answer ``duplicate`` with the same ids; a mixed batch keeps its good items and rejects the
-others with reasons naming the field, in input order; 1,000 generated malformed payloads (wrong types,
+others with reasons naming the field, in input order; JSON Lines and arrays told apart by the body
+whatever the Content-Type (JSON, none, curl's form type, text, the JSON Lines types), a bad line named
+while the others are kept, other types still 415; an episode with no query, action or messages
+refused alone; 1,000 generated malformed payloads (wrong types,
 missing fields, oversize strings, invalid UTF-8, deep nesting, not JSON, wrong content type or
 encoding, gzip garbage and bombs, oversize bodies, ...) each get a 4xx with a reason (or per-item
 ``rejected`` in a mixed batch) while the process keeps serving; ``/healthz``, ``/readyz`` and the
@@ -135,6 +138,83 @@ def test_a_batch_where_every_item_is_rejected_is_a_422_with_reasons(http: httpx.
     assert "reward" in results[1]["reason"]
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(JSON, id="application-json"),
+        pytest.param({}, id="no-content-type"),
+        pytest.param({"Content-Type": "application/x-www-form-urlencoded"}, id="curl-data-binary"),
+        pytest.param({"Content-Type": "text/plain; charset=utf-8"}, id="text-plain"),
+        pytest.param({"Content-Type": "application/jsonlines"}, id="jsonlines"),
+        pytest.param({"Content-Type": "application/json-lines"}, id="json-lines"),
+        pytest.param(NDJSON, id="ndjson"),
+    ],
+)
+def test_json_lines_and_arrays_are_told_apart_by_the_body_whatever_the_content_type(
+    http: httpx.Client, store_url: str, headers: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    agent = f"sniff-{request.node.callspec.id}"
+    episodes = [good_episode(n, agent=agent) for n in range(6)]
+    lines = "\r\n".join(json.dumps(e) for e in episodes[:3]) + "\n\n"
+    array = json.dumps(episodes[3:], indent=2)
+
+    as_lines = post(http, lines.encode(), headers)
+    as_array = post(http, array.encode(), headers)
+
+    assert (as_lines.status_code, as_array.status_code) == (200, 200), (as_lines.text, as_array.text)
+    assert as_lines.json()["accepted"] == 3 and as_array.json()["accepted"] == 3
+    ids = [r["id"] for r in as_lines.json()["results"] + as_array.json()["results"]]
+    assert stored(store_url, agent) == sorted(ids)
+
+
+def test_json_lines_sent_as_json_keep_the_good_lines_and_name_the_bad_one(
+    http: httpx.Client, store_url: str
+) -> None:
+    good = [json.dumps(good_episode(n, agent="sniff-bad-line")) for n in range(3)]
+    body = "\n".join([good[0], good[1], '{"agentId": "sniff-bad-line", oops', good[2]]).encode()
+
+    answer = post(http, body, JSON)
+
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == ["accepted", "accepted", "rejected", "accepted"]
+    assert results[2]["reason"].startswith("line 3 is not valid JSON")
+    assert len(stored(store_url, "sniff-bad-line")) == 3
+
+
+def test_other_content_types_are_still_refused_with_415(http: httpx.Client) -> None:
+    body = json.dumps([good_episode(0, agent="sniff-refused")]).encode()
+    for content_type in ("application/xml", "multipart/form-data; boundary=x", "image/png"):
+        answer = post(http, body, {"Content-Type": content_type})
+        assert answer.status_code == 415, content_type
+        assert "application/x-ndjson" in answer.json()["error"]
+
+
+def test_an_episode_with_no_content_is_refused_and_the_rest_of_the_batch_kept(
+    http: httpx.Client, store_url: str
+) -> None:
+    empty = {"agentId": "empty-bot", "sessionId": "nothing", "turn": 0, "timestamp": "2026-02-01T14:00:00Z"}
+    batch = [
+        good_episode(0, agent="empty-bot"),
+        empty,
+        {**empty, "sessionId": "blank", "state": {"query": "", "context": {"k": 1}}, "messages": []},
+        {**empty, "sessionId": "chat", "messages": [{"role": "user", "content": "hi"}]},
+        {**empty, "sessionId": "tool", "action": {"tool": "lookup_order", "arguments": {}}},
+    ]
+
+    answer = post(http, json.dumps(batch).encode(), JSON)
+    alone = post(http, json.dumps(empty).encode(), JSON)
+
+    assert answer.status_code == 200
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == ["accepted", "rejected", "rejected", "accepted", "accepted"]
+    for result in results[1:3]:
+        assert result["reason"] == "episode has no content: give state.query, action or messages"
+    assert alone.status_code == 422
+    assert "no content" in alone.json()["results"][0]["reason"]
+    assert stored(store_url, "empty-bot") == sorted(r["id"] for r in results if r["status"] == "accepted")
+
+
 # --- 1,000 malformed payloads ----------------------------------------------------------------------
 
 
@@ -248,8 +328,10 @@ def malformed_cases(seed: int = 7) -> list[Case]:
         ("bad-utf8", b'[{"agentId":"a","state":{"query":"\xff\xfe"}}]', JSON),
         ("overlong-utf8", b'[{"agentId":"a","state":{"query":"\xc0\xaf"}}]', JSON),
         ("latin1-charset", good_body, {"Content-Type": "application/json; charset=latin-1"}),
-        ("no-content-type", good_body, {}),
-        ("text-plain", good_body, {"Content-Type": "text/plain"}),
+        ("no-content-type-not-json", b"<episodes/>", {}),
+        ("text-plain-not-json", b"episodes: 3", {"Content-Type": "text/plain"}),
+        ("form-not-json", b"agentId=a&turn=0", {"Content-Type": "application/x-www-form-urlencoded"}),
+        ("jsonl-as-json-first-line-bad", b"{oops\n" + json.dumps(good_episode(1)).encode(), JSON),
         ("xml", b"<episodes/>", {"Content-Type": "application/xml"}),
         ("form", b"agentId=a", {"Content-Type": "application/x-www-form-urlencoded"}),
         ("multipart", good_body, {"Content-Type": "multipart/form-data; boundary=x"}),
@@ -346,7 +428,7 @@ def test_probes_and_metrics_report_what_happened(http: httpx.Client) -> None:
     ready = http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     post(http, json.dumps([good_episode(1, agent="metrics-bot"), {"agentId": "bad agent"}]).encode(), JSON)
-    post(http, b"nope", {"Content-Type": "text/plain"})
+    post(http, b"nope", {"Content-Type": "application/xml"})
 
     metrics = http.get("/metrics")
 

@@ -217,6 +217,13 @@ class Episode(_Model):
             self.id = deterministic_id(self)
         return self
 
+    def content_problem(self) -> str | None:
+        """Why this episode holds nothing to learn from, or None. Not a validation rule: the stores
+        keep reading episodes written before the collector refused empty ones."""
+        if self.state.query or self.action is not None or self.messages:
+            return None
+        return "episode has no content: give state.query, action or messages"
+
     def to_json_dict(self) -> dict[str, Any]:
         # Keep reward/labeled explicit even when null: scripts rely on those keys (DESIGN.md).
         data = super().to_json_dict()

@@ -6,9 +6,13 @@ validated with ``api.episode.Episode`` and the valid ones are written through ``
 
 Contract of ``POST /v1/episodes``:
 
-- Body: a JSON array of episodes (``Content-Type: application/json``; a single JSON object is taken
-  as a batch of one) or JSON Lines (``application/x-ndjson``, ``application/jsonl``), UTF-8,
-  optionally ``Content-Encoding: gzip``. The body, and the body after decompression, must fit in
+- Body: a JSON array of episodes (a single JSON object is taken as a batch of one) or JSON Lines,
+  UTF-8, optionally ``Content-Encoding: gzip``. The format is read from the body, not from the
+  Content-Type: a body starting with ``[`` is an array, one JSON document an episode, anything else
+  JSON Lines (errors name the line). Clients send JSON Lines as ``application/json``, or with plain
+  ``curl --data-binary`` as form-urlencoded, or with no Content-Type; ``application/x-ndjson`` (and
+  the other JSON Lines types) always means JSON Lines. Other Content-Types (multipart, XML...) are
+  refused with 415. The body, and the body after decompression, must fit in
   ``max_body_bytes`` (413 otherwise: that is the gzip-bomb guard), with at most ``max_items`` items.
   JSON is parsed strictly (orjson: no NaN or Infinity literals, no BOM).
 - 200 with per-item results in input order when at least one item was stored or already present (or
@@ -19,7 +23,8 @@ Contract of ``POST /v1/episodes``:
 
   ``status`` is ``accepted`` (written now), ``duplicate`` (that id is already stored: retries are
   safe) or ``rejected`` (``reason`` names the fields that were wrong, or says the store refused the
-  episode; resending will not help). The good items of a mixed batch are kept. A response is sent
+  episode, or that it has none of ``state.query``, ``action`` or ``messages``; resending will not
+  help). The good items of a mixed batch are kept. A response is sent
   only after its episodes are committed.
 - 400: not UTF-8, not JSON, not an array/object, bad gzip; 401: missing or wrong bearer token (when
   a token is configured); 413: too large; 415: unsupported Content-Type or Content-Encoding;
@@ -77,7 +82,18 @@ DEFAULT_MAX_ITEMS = 10_000
 # Upper bound on one group commit: bounds a transaction's duration and the writer's memory.
 DEFAULT_MAX_GROUP_EPISODES = 10_000
 JSON_TYPES = frozenset({"application/json"})
-JSONL_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/x-jsonlines"})
+JSONL_TYPES = frozenset(
+    {
+        "application/x-ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/json-lines",
+        "application/jsonlines",
+    }
+)
+# Types that say nothing about the body's format (what curl and other plain clients send): the body
+# decides. No Content-Type at all is taken the same way.
+RAW_TYPES = frozenset({"application/x-www-form-urlencoded", "text/plain", "application/octet-stream"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Bodies above this are parsed and validated on a worker thread so probes stay responsive.
 _INLINE_PARSE_BYTES = 512 * 1024
@@ -443,31 +459,24 @@ def _check_utf8(body: bytes) -> None:
 def decode_items(body: bytes, content_type: str, max_items: int) -> list[Any]:
     """The items of a body: a JSON array (or one object) or JSON Lines; raises ``RequestError``.
 
-    Parsed with orjson (strict JSON: no NaN or Infinity, nesting up to 1024 levels; the Episode
-    model then bounds free-form JSON to ``MAX_JSON_DEPTH``).
+    The body decides, whatever ``content_type`` says (a JSON Lines type only makes a body that is
+    not an array JSON Lines from the start). Parsed with orjson (strict JSON: no NaN or Infinity,
+    nesting up to 1024 levels; the Episode model then bounds free-form JSON to ``MAX_JSON_DEPTH``).
     """
-    if content_type in JSONL_TYPES:
-        _check_utf8(body)
-        lines = [(number, line) for number, line in enumerate(body.split(b"\n"), start=1) if line.strip()]
-        if len(lines) > max_items:
-            raise RequestError(
-                413,
-                f"batch has {len(lines)} episodes, more than the collector's limit of {max_items}: split it",
-            )
-        items: list[Any] = []
-        for number, line in lines:
-            try:
-                items.append(orjson.loads(line))
-            except orjson.JSONDecodeError as exc:
-                items.append(_LineError(f"line {number} is not valid JSON: {exc}"))
-        return items
+    starts_array = body.lstrip()[:1] == b"["
+    if content_type in JSONL_TYPES and not starts_array:
+        return _json_lines(body, max_items)
     if not body.strip():
-        raise RequestError(400, "body is empty: send a JSON array of episodes")
+        raise RequestError(400, "body is empty: send a JSON array of episodes or JSON Lines")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         _check_utf8(body)
-        raise RequestError(400, f"body is not valid JSON: {exc}") from None
+        if not starts_array and _first_line_is_json(body):
+            return _json_lines(body, max_items)
+        raise RequestError(
+            400, f"body is not valid JSON: {exc}; send a JSON array of episodes or JSON Lines"
+        ) from None
     if isinstance(data, dict):
         return [data]
     if not isinstance(data, list):
@@ -479,6 +488,37 @@ def decode_items(body: bytes, content_type: str, max_items: int) -> list[Any]:
             413, f"batch has {len(data)} episodes, more than the collector's limit of {max_items}: split it"
         )
     return data
+
+
+def _first_line_is_json(body: bytes) -> bool:
+    """Whether the body's first non-blank line is a JSON document of its own: then the body is JSON
+    Lines (one document that spans lines, a pretty-printed object, parses whole before this)."""
+    for line in body.split(b"\n"):
+        if line.strip():
+            try:
+                orjson.loads(line)
+            except orjson.JSONDecodeError:
+                return False
+            return True
+    return False
+
+
+def _json_lines(body: bytes, max_items: int) -> list[Any]:
+    """One item per non-blank line; a line that is not JSON is one rejected item naming its number."""
+    _check_utf8(body)
+    lines = [(number, line) for number, line in enumerate(body.split(b"\n"), start=1) if line.strip()]
+    if len(lines) > max_items:
+        raise RequestError(
+            413,
+            f"batch has {len(lines)} episodes, more than the collector's limit of {max_items}: split it",
+        )
+    items: list[Any] = []
+    for number, line in lines:
+        try:
+            items.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            items.append(_LineError(f"line {number} is not valid JSON: {exc}"))
+    return items
 
 
 def _json_type(value: Any) -> str:
@@ -509,13 +549,16 @@ def validate_items(items: Sequence[Any]) -> ParsedBatch:
             )
             continue
         try:
-            out.append(validate(raw))
+            episode = validate(raw)
         except pydantic.ValidationError as exc:
             errors = exc.errors()
             kind = str(errors[0].get("type", "invalid")) if errors else "invalid"
             out.append((_raw_id(raw), ep.validation_reason(exc), kind))
         except (ValueError, TypeError, RecursionError) as exc:
             out.append((_raw_id(raw), f"invalid episode: {type(exc).__name__}", "invalid"))
+        else:
+            empty = episode.content_problem()
+            out.append(episode if empty is None else (_raw_id(raw), empty, "no_content"))
     return ParsedBatch(out)
 
 
@@ -605,12 +648,19 @@ class Collector:
     async def _ingest(self, request: web.Request) -> web.StreamResponse:
         if self.writer.full():
             raise RequestError(429, "the collector's write queue is full: retry after the Retry-After delay")
+        # aiohttp reports a missing Content-Type as application/octet-stream, one of RAW_TYPES.
         content_type = request.content_type
-        if content_type not in JSON_TYPES and content_type not in JSONL_TYPES:
+        if not (
+            content_type in JSON_TYPES
+            or content_type in JSONL_TYPES
+            or content_type in RAW_TYPES
+            or content_type.endswith("+json")
+        ):
             raise RequestError(
                 415,
                 f"Content-Type {request.headers.get('Content-Type', '(none)')!r} is not supported: send "
-                "application/json (a JSON array of episodes) or application/x-ndjson (JSON Lines)",
+                "the body as is (a JSON array of episodes or JSON Lines) with application/json, "
+                "application/x-ndjson or no Content-Type",
             )
         charset = request.charset
         if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
