@@ -22,17 +22,24 @@ def default_url() -> str:
     return f"sqlite:///{base / 'lightning-op' / 'episodes.db'}"
 
 
-def open_store(url: str | None = None, *, redaction: object | None = None) -> EpisodeStore:
-    """Open the store a URL names. ``redaction`` is a ``redaction.Redactor`` applied on every write."""
+def open_store(
+    url: str | None = None, *, redaction: object | None = None, create: bool = True
+) -> EpisodeStore:
+    """Open the store a URL names (None: ``default_url()``). ``redaction`` is a ``redaction.Redactor``
+    applied on every write. ``create=False`` opens an existing store only: a SQLite file that is not
+    there raises ``sqlite.MissingStoreError`` (a ``StoreError``) instead of being created empty."""
     from lightning_op.store import redaction as redaction_mod
 
-    url = url or default_url()
+    if url is None:
+        url = default_url()
+    if not url.strip():
+        raise StoreError("the store URL is empty: give sqlite:////path/episodes.db, or leave --store out")
     redactor = redaction if redaction is not None else redaction_mod.Redactor.default()
     assert isinstance(redactor, redaction_mod.Redactor)
     if url.startswith("sqlite://"):
         from lightning_op.store import sqlite
 
-        return sqlite.SQLiteStore.from_url(url, redactor=redactor)
+        return sqlite.SQLiteStore.from_url(url, redactor=redactor, create=create)
     if url.startswith("cosmos://"):
         raise StoreError(
             f"{url!r}: the Azure Cosmos DB store is not available in this build yet; "

@@ -379,6 +379,10 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     return version
 
 
+class MissingStoreError(base.StoreError):
+    """The store file to open without creating it is not there."""
+
+
 class SQLiteStore:
     """``EpisodeStore`` on one SQLite file (or in memory); see the module docstring."""
 
@@ -390,9 +394,13 @@ class SQLiteStore:
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
         synchronous: str = "NORMAL",
         url: str | None = None,
+        create: bool = True,
     ) -> None:
         """``synchronous``: ``NORMAL`` (default; a commit survives the process being killed) or
-        ``FULL`` (fsync at every commit; also survives power loss, at the disk's sync rate)."""
+        ``FULL`` (fsync at every commit; also survives power loss, at the disk's sync rate).
+        ``create=False`` opens an existing file only (``MissingStoreError`` when there is none), for
+        commands that read or label a store someone else filled: a typo in the path must not leave
+        an empty database behind and answer "nothing found"."""
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(
                 f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}"
@@ -405,6 +413,7 @@ class SQLiteStore:
         self._lock = threading.RLock()
         self._label_redactions: dict[tuple[str, str | None], tuple[str, str | None, dict[str, int]]] = {}
         self._closed = False
+        self._create = create
         self._conn = self._connect()
 
     @classmethod
@@ -415,11 +424,13 @@ class SQLiteStore:
         redactor: redaction_mod.Redactor | None = None,
         busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
         synchronous: str = "NORMAL",
+        create: bool = True,
     ) -> SQLiteStore:
         """Open ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``.
 
         The path is what follows ``sqlite:///`` (so an absolute path gives four slashes), percent-
-        decoded (``%20``); ``~`` is expanded and missing parent directories are created.
+        decoded (``%20``); ``~`` is expanded and missing parent directories are created (with
+        ``create=False``, a missing file is a ``MissingStoreError`` instead).
         """
         if not url.startswith(URL_PREFIX + "/"):
             raise base.StoreError(
@@ -435,13 +446,32 @@ class SQLiteStore:
         path = urllib.parse.unquote(raw_path)
         if not path:
             raise base.StoreError(f"SQLite URL {url!r} names no file: use sqlite:////absolute/path.db")
-        return cls(path, redactor=redactor, busy_timeout_s=busy_timeout_s, synchronous=synchronous, url=url)
+        return cls(
+            path,
+            redactor=redactor,
+            busy_timeout_s=busy_timeout_s,
+            synchronous=synchronous,
+            url=url,
+            create=create,
+        )
 
     # --- connection and errors ---------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         target = MEMORY
-        if self.path is not None:
+        uri = False
+        if self.path is not None and not self._create:
+            if not self.path.exists():
+                raise MissingStoreError(
+                    f"store file {self.path} does not exist: check --store (the collector creates "
+                    "the store when it starts)"
+                )
+            if not self.path.is_file():
+                raise base.StoreError(f"store file {self.path} is not a file: check --store")
+            # mode=rw: a file removed since the check is an error, not a new empty database.
+            target = f"file:{urllib.parse.quote(str(self.path))}?mode=rw"
+            uri = True
+        elif self.path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 # Episodes are private even when redacted: create the file for its owner only
@@ -459,6 +489,7 @@ class SQLiteStore:
         try:
             conn = sqlite3.connect(
                 target,
+                uri=uri,
                 timeout=self.busy_timeout_s,
                 isolation_level=None,
                 check_same_thread=False,
