@@ -4,9 +4,9 @@ Covers: a build writes chat-format JSONL next to the store (or to ``--output``),
 (``-o json`` one object), removes duplicates, keeps only rewards >= ``--min-reward``, respects
 ``--max-episodes`` and ``--system-prompt``, records a sha256 equal to the file's bytes, splits
 train/validation the same way on every rebuild; ``dataset-info --name`` reads the record back and
-warns when the file changed; ``dataset-info --path`` reports a foreign file's bad lines by number;
-no matching episodes and bad flags are one-line errors with a non-zero exit; personal data planted in
-episodes is in neither the dataset nor the output.
+warns when the file changed (exit 1); ``dataset-info --path`` reports a foreign file's bad lines by
+number (exit 1); no matching episodes and bad flags are one-line errors with a non-zero exit; personal
+data planted in episodes is in neither the dataset nor the output.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def test_dataset_info_warns_when_the_file_changed(seeded: str) -> None:
 
     result = run(seeded, "dataset-info", "--name", "orders-v1", "-o", "json")
 
-    assert result.exit_code == 0
+    assert result.exit_code == 1, "a failed check is exit 1, after printing"
     assert json.loads(result.stdout)["verified"] is False
     assert "changed since it was built" in result.stderr
     assert "rebuild" in result.stderr
@@ -199,6 +199,7 @@ def test_dataset_info_on_a_foreign_file_reports_bad_lines(store_url: str, tmp_pa
 
     result = run(store_url, "dataset-info", "--path", str(path), "-o", "json")
 
+    assert result.exit_code == 1
     info = json.loads(result.stdout)
     assert (info["episodes"], info["valid"], info["errorCount"]) == (1, False, 2)
     assert [e["line"] for e in info["errors"]] == [2, 3]
@@ -251,7 +252,9 @@ def test_build_bad_flags_are_one_line_errors(seeded: str, flags: list[str], need
         pytest.param(["--path", "/nonexistent/data.jsonl"], "is not a file", id="missing-file"),
     ],
 )
-def test_dataset_info_bad_input_is_one_line_error(store_url: str, flags: list[str], needle: str) -> None:
+def test_dataset_info_bad_input_is_one_line_error(
+    store: store_base.EpisodeStore, store_url: str, flags: list[str], needle: str
+) -> None:
     assert_one_line_error(run(store_url, "dataset-info", *flags), needle)
 
 

@@ -28,12 +28,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
 err_console = Console(stderr=True)
 
+#: Upper bound of counts (--limit, --sample-size, ...): SQLite integers are 64-bit, and no run needs more.
+MAX_COUNT = 2**31 - 1
+
+
+def _check_store_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # An empty --store (an unset shell variable: --store "$STORE") must not quietly mean the default.
+    if value is not None and not value.strip():
+        raise click.BadParameter(
+            "is empty: give a store URL (sqlite:////path/episodes.db), or leave --store out for the default"
+        )
+    return value
+
+
 store_option = click.option(
     "--store",
     "store_url",
     envvar="LIGHTNING_STORE",
     default=None,
     metavar="URL",
+    callback=_check_store_url,
     help="Episode store URL (sqlite:///path.db or cosmos://...); env LIGHTNING_STORE; "
     "default: a SQLite file under the user's data directory.",
 )
@@ -80,9 +94,14 @@ def handle_errors(func: F) -> F:
 
 
 @contextmanager
-def open_store(url: str | None) -> Iterator[store_base.EpisodeStore]:
+def open_store(url: str | None, *, create: bool = False) -> Iterator[store_base.EpisodeStore]:
+    """The store ``--store`` names, closed on exit; a store that cannot be opened is a one-line error.
+
+    Only commands that start something new (``start-training`` from a file) pass ``create=True``: the
+    others read or label what is there, and a missing file means a wrong ``--store``, not an empty
+    store to create (the collector, which fills stores, opens its own)."""
     try:
-        store = store_mod.open_store(url)
+        store = store_mod.open_store(url, create=create)
     except store_base.StoreError as exc:
         fail(str(exc))
     try:
@@ -131,10 +150,14 @@ def parse_time(value: str | None, option: str) -> datetime | None:
     from datetime import UTC, timedelta
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    hint = "use ISO 8601 (2026-01-31T12:00:00Z) or an age like 6h or 7d"
     if value and value[-1] in units and value[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+        try:
+            return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+        except OverflowError:
+            fail(f"{option} {value!r} is not a time: the age reaches before the year 1; {hint}")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        fail(f"{option} {value!r} is not a time: use ISO 8601 (2026-01-31T12:00:00Z) or an age like 6h or 7d")
+        fail(f"{option} {value!r} is not a time: {hint}")
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -14,6 +14,7 @@ every other command).
 from __future__ import annotations
 
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ from urllib.parse import unquote
 
 import click
 
+from lightning_op import store as store_mod
 from lightning_op.cli import _common, episodes
 from lightning_op.datasets import build, rows, validate
 from lightning_op.store import base as store_base
+from lightning_op.store import sqlite as sqlite_store
 
 format_option = _common.format_only_option("output_format_")
 
@@ -156,24 +159,27 @@ def dataset_info(store_url: str | None, name: str | None, file_path: str | None,
     """Show a dataset's figures and check that its files still match their sha256."""
     if (name is None) == (file_path is None):
         _common.fail("give exactly one of --name (a dataset built by build-dataset) or --path (a JSONL file)")
-    with _common.open_store(store_url) as store:
-        if name is not None:
+    if name is not None:
+        with _common.open_store(store_url) as store:
             record = store.get_record(build.RECORD_KIND, name)
             if record is None:
                 known = sorted(r.name for r in store.list_records(build.RECORD_KIND))
                 hint = f" (known: {', '.join(known[:10])})" if known else " (none built yet)"
                 _common.fail(f"dataset {name} not found in {store.url}{hint}: build it with build-dataset")
-            stats: build.DatasetStats | None = build.DatasetStats.from_json_dict(record.data)
-        else:
-            assert file_path is not None
-            if not Path(file_path).is_file():
-                _common.fail(f"{file_path} is not a file: give the path of a JSONL dataset")
-            stats = _record_for_path(store, Path(file_path))
-    if stats is not None:
-        _show_built(stats, output)
+        stats: build.DatasetStats | None = build.DatasetStats.from_json_dict(record.data)
     else:
         assert file_path is not None
-        _show_file(Path(file_path), output)
+        if not Path(file_path).is_file():
+            _common.fail(f"{file_path} is not a file: give the path of a JSONL dataset")
+        stats = _record_for_path(store_url, Path(file_path))
+    # Exit 1 after printing when the check fails, so a script can tell (the message is already out).
+    if stats is not None:
+        ok = _show_built(stats, output)
+    else:
+        assert file_path is not None
+        ok = _show_file(Path(file_path), output)
+    if not ok:
+        sys.exit(1)
 
 
 def default_output_dir(store: store_base.EpisodeStore) -> Path:
@@ -205,18 +211,29 @@ def _empty_message(
     return f"{head} ({stats.labeled} labeled{best}): lower --min-reward or label more episodes"
 
 
-def _record_for_path(store: store_base.EpisodeStore, path: Path) -> build.DatasetStats | None:
-    """The record of the dataset whose training or validation file is ``path``, if any."""
+def _record_for_path(store_url: str | None, path: Path) -> build.DatasetStats | None:
+    """The record of the dataset whose training or validation file is ``path``, if any (none when
+    there is no store: a bare file is checked on its own)."""
+    try:
+        store = store_mod.open_store(store_url, create=False)
+    except sqlite_store.MissingStoreError:
+        return None
+    except store_base.StoreError as exc:
+        _common.fail(str(exc))
     wanted = path.resolve()
-    for record in store.list_records(build.RECORD_KIND):
-        data = record.data
-        for key in ("path", "validationPath"):
-            if data.get(key) and Path(str(data[key])).resolve() == wanted:
-                return build.DatasetStats.from_json_dict(data)
+    try:
+        for record in store.list_records(build.RECORD_KIND):
+            data = record.data
+            for key in ("path", "validationPath"):
+                if data.get(key) and Path(str(data[key])).resolve() == wanted:
+                    return build.DatasetStats.from_json_dict(data)
+    finally:
+        store.close()
     return None
 
 
-def _show_built(stats: build.DatasetStats, output: str) -> None:
+def _show_built(stats: build.DatasetStats, output: str) -> bool:
+    """Print the record and its check; True when the files match their sha256."""
     problems = validate.verify_files(stats)
     for problem in problems:
         _common.err_console.print(
@@ -226,16 +243,17 @@ def _show_built(stats: build.DatasetStats, output: str) -> None:
         )
     if output == "json":
         _common.print_json({**stats.to_json_dict(), "verified": not problems, "problems": problems})
-        return
+        return not problems
     rows_ = _stats_rows(stats)
     rows_.append(
         ("verified", "yes: files match their sha256" if not problems else "NO: " + "; ".join(problems))
     )
     _common.print_table(f"dataset {stats.name}", ["field", "value"], rows_)
+    return not problems
 
 
-def _show_file(path: Path, output: str) -> None:
-    """A file no record knows: what can be read from the file itself."""
+def _show_file(path: Path, output: str) -> bool:
+    """A file no record knows: what can be read from the file itself; True when every line is valid."""
     report = validate.validate_dataset(path)
     info: dict[str, Any] = {
         "name": None,
@@ -258,7 +276,7 @@ def _show_file(path: Path, output: str) -> None:
         )
     if output == "json":
         _common.print_json(info)
-        return
+        return report.ok
     _common.print_table(
         f"dataset file {path.name}",
         ["field", "value"],
@@ -272,6 +290,7 @@ def _show_file(path: Path, output: str) -> None:
             ("valid", "yes" if report.ok else f"NO: {report.summary()}"),
         ],
     )
+    return report.ok
 
 
 def _stats_rows(stats: build.DatasetStats) -> list[tuple[str, Any]]:

@@ -130,14 +130,16 @@ def newest_episodes(
     return episodes[:count]
 
 
-def parse_int(value: str, option: str, *, minimum: int) -> int:
-    """An integer flag, or a one-line error naming the flag."""
+def parse_int(value: str, option: str, *, minimum: int, maximum: int = _common.MAX_COUNT) -> int:
+    """An integer flag within ``[minimum, maximum]``, or a one-line error naming the flag."""
     try:
         number = int(value)
     except ValueError:
         _common.fail(f"{option} {value!r} is not a whole number")
     if number < minimum:
         _common.fail(f"{option} must be at least {minimum}, got {number}")
+    if number > maximum:
+        _common.fail(f"{option} must be at most {maximum}, got {value}")
     return number
 
 

@@ -40,6 +40,8 @@ _VERDICT_STYLE = {
     dryrun.VerdictLevel.NO_GO: "bold red",
 }
 NOTES_WIDTH = 80
+#: Most gradings in flight: each worker holds a connection and a task, and judges rate-limit far below.
+MAX_CONCURRENCY = 1024
 
 
 # --- shared options and helpers ------------------------------------------------------------------
@@ -104,13 +106,15 @@ def _run_with_grader(grader: graders_base.Grader, work: Callable[[], Awaitable[T
     return asyncio.run(main())
 
 
-def _int(value: str, option: str, *, minimum: int) -> int:
+def _int(value: str, option: str, *, minimum: int, maximum: int = _common.MAX_COUNT) -> int:
     try:
         number = int(value)
     except ValueError:
         _common.fail(f"{option} {value!r} is not a whole number")
     if number < minimum:
         _common.fail(f"{option} must be at least {minimum}, got {number}")
+    if number > maximum:
+        _common.fail(f"{option} must be at most {maximum}, got {value}")
     return number
 
 
@@ -173,7 +177,7 @@ def _grading_options(func: F) -> F:
             default=str(labeling.DEFAULT_CONCURRENCY),
             show_default=True,
             metavar="N",
-            help="Gradings in flight at once.",
+            help=f"Gradings in flight at once (1..{MAX_CONCURRENCY}).",
         ),
         click.option("--rps", default=None, metavar="N", help="At most N grading requests per second."),
         click.option(
@@ -231,22 +235,25 @@ def test_grader(
         result = _run_with_grader(
             grader, lambda: labeling.sample_test(store, grader, agent_id, size, timeout_s=timeout_s)
         )
+    failed = [r for r in result.records if r.score is None]
     if output == "json":
         _common.print_json(result.to_json_dict())
-        return
+    elif result.records:
+        rows = [
+            (r.episode_id, _score(r.score), _cut(f"error: {r.error}" if r.error else r.reason))
+            for r in result.records
+        ]
+        _common.print_table(
+            f"{grader.name} on {len(rows)} episodes of {agent_id}", ["record", "score", "notes"], rows
+        )
+        suffix = f" ({len(failed)} failed)" if failed else ""
+        _common.console.print(f"average: {_score(result.average)}{suffix}", highlight=False)
+    # Exit 1 when the test tells nothing about the grader, so a script or CI step sees it.
     if not result.records:
-        click.echo(f"no episodes for agent {agent_id}: nothing to grade")
-        return
-    rows = [
-        (r.episode_id, _score(r.score), _cut(f"error: {r.error}" if r.error else r.reason))
-        for r in result.records
-    ]
-    _common.print_table(
-        f"{grader.name} on {len(rows)} episodes of {agent_id}", ["record", "score", "notes"], rows
-    )
-    failed = sum(1 for r in result.records if r.score is None)
-    suffix = f" ({failed} failed)" if failed else ""
-    _common.console.print(f"average: {_score(result.average)}{suffix}", highlight=False)
+        _common.fail(f"no episodes for agent {agent_id}: nothing to grade (check --agent-id and --store)")
+    if len(failed) == len(result.records):
+        first = failed[0].error or "grading failed"
+        _common.fail(f"every grading failed ({len(failed)} of {len(failed)}): {_cut(first, 200)}")
 
 
 # --- label-batch ---------------------------------------------------------------------------------
@@ -300,7 +307,7 @@ def label_batch(
         "min_score": _opt_float(min_score, "--min-score", low=0.0, high=1.0),
         "limit": None if limit is None else _int(limit, "--limit", minimum=0),
         "since": _common.parse_time(since, "--since"),
-        "concurrency": _int(concurrency, "--concurrency", minimum=1),
+        "concurrency": _int(concurrency, "--concurrency", minimum=1, maximum=MAX_CONCURRENCY),
         "requests_per_second": _opt_float(rps, "--rps", positive=True),
         "tokens_per_minute": _opt_float(tpm, "--tpm", positive=True),
         "timeout_s": _float(timeout, "--timeout", positive=True),
@@ -309,6 +316,17 @@ def label_batch(
     grader = _load_grader(grader_file, evaluator)
     quiet = output == "json" or not _common.err_console.is_terminal
     with _common.open_store(store_url) as store, _common.progress("labeling", None, disable=quiet) as bar:
+        # Exit 1 when the agent has no episodes at all (a typo in --agent-id or --store, which a
+        # script must see); an agent whose episodes are all graded already is a normal rerun (exit 0).
+        available = store.count(agent_id, False if unlabeled_only else None)
+        if not store.count(agent_id):
+            _common.fail(
+                f"no episodes of agent {agent_id} in {store.url}: check --agent-id "
+                "(lightning-op list-episodes shows the agents)"
+            )
+        # Never more workers than episodes to grade: each one costs memory even when idle.
+        bound = available if options["limit"] is None else min(available, options["limit"])
+        options["concurrency"] = max(1, min(options["concurrency"], bound))
         task = bar.add_task(f"labeling {agent_id} with {grader.name}", total=None)
 
         def on_progress(p: labeling.LabelingProgress) -> None:
@@ -328,7 +346,15 @@ def label_batch(
         )
     if output == "json":
         _common.print_json(report.to_json_dict())
-        return
+    else:
+        _print_label_report(report, grader, agent_id)
+    if report.failed and report.failed == report.graded:
+        first = next(iter(report.errors), "grading failed")
+        _common.fail(f"every grading failed ({report.failed} of {report.graded}): {_cut(first, 200)}")
+
+
+def _print_label_report(report: labeling.LabelingReport, grader: graders_base.Grader, agent_id: str) -> None:
+    auto_label = report.auto_label
     rows: list[tuple[str, Any]] = [
         (
             "labeled" if auto_label else "scored (not written)",
@@ -352,6 +378,8 @@ def label_batch(
         _common.print_table(
             "failures", ["reason", "episodes"], ((_cut(msg, 100), n) for msg, n in report.errors.items())
         )
+    if report.graded == 0 and report.skipped == 0 and not report.invalid:
+        _common.console.print(f"nothing to grade: no episodes of {agent_id} match", highlight=False)
 
 
 # --- dry-run -------------------------------------------------------------------------------------
@@ -405,8 +433,8 @@ def dry_run(
     GO, WARNING or NO-GO, with a diagnosis."""
     size = _int(sample_size, "--sample-size", minimum=1)
     options: dict[str, Any] = {
-        "seed": _int(seed, "--seed", minimum=0),
-        "concurrency": _int(concurrency, "--concurrency", minimum=1),
+        "seed": _int(seed, "--seed", minimum=0, maximum=2**63 - 1),
+        "concurrency": _int(concurrency, "--concurrency", minimum=1, maximum=MAX_CONCURRENCY),
         "requests_per_second": _opt_float(rps, "--rps", positive=True),
         "timeout_s": _float(timeout, "--timeout", positive=True),
         "max_retries": _int(max_retries, "--max-retries", minimum=0),

@@ -93,10 +93,32 @@ def operator(
         models_dir=str(models_dir) if models_dir else base.models_dir,
         retry_delay=base.retry_delay,
     )
+    _check_cluster_config()
     root = logging.getLogger()
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
     asyncio.run(_run(config, namespaces, metrics_host, metrics_port))
+
+
+def _check_cluster_config() -> None:
+    """Exit 1 with one line when neither in-cluster config nor a kubeconfig can be loaded.
+
+    kopf would retry its startup handler every minute with a traceback each time, and /healthz would
+    answer 503 forever: a missing or broken kubeconfig does not fix itself. Loading it here is what
+    the startup handler does (``k8s.load_api_client``), so a config that passes here works there."""
+    from lightning_op import k8s
+
+    try:
+        k8s.load_api_client().close()  # type: ignore[no-untyped-call]
+    except Exception as exc:  # ConfigException, a YAML error, an unreadable file...: all mean the same
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise click.ClickException(
+            f"no Kubernetes config: set KUBECONFIG or run in a cluster ({_cut(reason, 300)})"
+        ) from None
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 async def _run(config: common.OperatorConfig, namespaces: tuple[str, ...], host: str, port: int) -> None:

@@ -69,6 +69,11 @@ def promote_model(
     """Promote a fine-tuned adapter: switch the served model to it and record the promotion."""
     if (job_id is None) == (adapter is None):
         _common.fail("give exactly one of --job ID (a finished training job) or --adapter PATH")
+    if adapter is not None and agent_id is None:
+        _common.fail(
+            "--adapter needs --agent-id AGENT: a promotion belongs to an agent, and compare-versions "
+            "finds it by agent"
+        )
     with _common.open_store(store_url) as store:
         if job_id is not None:
             adapter_path, job = promotion.adapter_of_job(store, job_id)
@@ -164,7 +169,22 @@ def compare_versions(
     """Compare live episodes of two model versions: average reward, error rate, episodes."""
     since_time = _common.parse_time(since, "--since")
     with _common.open_store(store_url) as store:
-        comparison = promotion.compare_versions(store, agent_id, before, after, since_time)
+        latest = promotion.latest_promotion(store, agent_id=agent_id) if None in (before, after) else None
+        promoted = latest.get("promotedModel") if latest else None
+        if after is None and before is not None and promoted:
+            after = str(promoted)  # --before alone: compare it with what was promoted last
+        try:
+            comparison = promotion.compare_versions(store, agent_id, before, after, since_time)
+        except ValueError:
+            # The pipeline then says "no promotion"; there is one, it lacks a model name.
+            if latest is None:
+                raise
+            missing = "previous" if promoted else "promoted"
+            _common.fail(
+                f"the last promotion of {agent_id} ({latest.get('id')}) does not record the {missing} "
+                f"model, and {agent_id}'s episodes show fewer than two model versions: give --before "
+                "VERSION" + ("" if promoted else " and --after VERSION")
+            )
     verdict = promotion.verification_verdict(
         comparison, max_reward_drop, max_error_rate_increase, min_episodes
     )

@@ -165,7 +165,8 @@ def start_training(
         }.items()
         if value is not None
     }
-    with _common.open_store(store_url) as store:
+    # Training from a file needs no episodes, so it may start a store; a dataset must be in one.
+    with _common.open_store(store_url, create=dataset_name is None) as store:
         sha256 = None
         if dataset_name is not None:
             train_file, dataset_validation, record = training_mod.resolve_dataset(store, dataset_name)

@@ -674,6 +674,10 @@ def load_json_or_yaml_file(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise GraderSpecError([("", f"cannot read {path}: {exc.strerror or exc}")], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise GraderSpecError(
+            [("", f"not UTF-8 text (byte {exc.start}): give a YAML or JSON grader spec")], str(path)
+        ) from None
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
