@@ -8,8 +8,9 @@ JSON line, the result against the baseline example by example, ``fineTunedModel`
 adapter, a Normal Event per phase change; ``MaxRoundsReached`` (Failed, with result and the best round
 recorded); the trainer's and the Job's failure reasons (Diverged, OutOfMemory, DeadlineExceeded,
 BackoffLimitExceeded) as a Warning; a job with no evaluation (one round, Succeeded); an unchanged
-object costs no write calls, nor does a restart against a Succeeded one; and a finished round whose trainer wrote its files on the volume costs
-no reads of its Job, pods or pod log (the watch reported the Job, the volume holds the result).
+object costs no write calls, nor does a restart against a Succeeded one; and a finished round whose
+trainer wrote its files on the volume costs no reads of its Job, pods or pod log (the watch reported
+the Job, the volume holds the result).
 """
 
 from __future__ import annotations
