@@ -95,6 +95,24 @@ def test_build_writes_jsonl_next_to_the_store_and_prints_stats(seeded: str, tmp_
     assert all(row["messages"][-1]["tool_calls"][0]["function"]["name"] == "lookup_order" for row in rows)
 
 
+@pytest.mark.parametrize(
+    ("flags", "warned"),
+    [
+        pytest.param(["--max-episodes", "1"], True, id="one-episode-no-validation-row"),
+        pytest.param(["--max-episodes", "1", "--validation-fraction", "0"], False, id="asked-for-none"),
+        pytest.param([], False, id="forty-episodes-have-a-split"),
+    ],
+)
+def test_build_warns_when_the_validation_split_comes_out_empty(
+    seeded: str, flags: list[str], warned: bool
+) -> None:
+    result = run(seeded, "build-dataset", "--agent-id", "bot", *flags)
+    assert result.exit_code == 0, result.output
+    assert ("warning: no held-out split" in result.stderr) is warned, result.stderr
+    if warned:
+        assert "1 episode at --validation-fraction 0.1" in result.stderr
+
+
 def test_build_table_names_the_file_and_fingerprint(seeded: str) -> None:
     result = run(seeded, "build-dataset", "--agent-id", "bot", "--name", "orders-v1")
 

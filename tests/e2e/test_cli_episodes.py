@@ -119,6 +119,21 @@ def test_list_table_shows_id_time_query_tool_reward(seeded: str) -> None:
     assert "2026-01-10 12:06:00" in result.stdout
 
 
+def test_list_table_keeps_each_id_whole_on_a_narrow_terminal(
+    seeded: str, store: store_base.EpisodeStore
+) -> None:
+    """The id is what a user copies into ``label-episode --episode-id``: at 80 columns it is never
+    wrapped (the other columns fold instead)."""
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(
+        cli.cli, ["list-episodes", "--store", seeded, "--agent-id", "bot"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    ids = [e.id for e in store.iter_episodes(store_base.EpisodeQuery(agent_id="bot"))]
+    assert len(ids) == 6
+    for episode_id in ids:
+        assert any(episode_id in line for line in result.stdout.splitlines()), (episode_id, result.stdout)
+
+
 def test_list_of_an_agent_without_episodes(seeded: str) -> None:
     assert json.loads(run(seeded, "list-episodes", "--agent-id", "nobody", "-o", "json").stdout) == []
     assert "no episodes match" in run(seeded, "list-episodes", "--agent-id", "nobody").stdout

@@ -143,6 +143,12 @@ def build_dataset(
         except build.EmptyDatasetError as exc:
             _common.fail(_empty_message(store, options, exc))
         store.put_record(build.RECORD_KIND, stats.name, stats.to_json_dict())
+    if fraction > 0 and not stats.validation_episodes:
+        _common.warn(
+            f"no held-out split: {stats.episodes} episode{'' if stats.episodes == 1 else 's'} at "
+            f"--validation-fraction {fraction:g} give no validation row, so training will score rounds "
+            "on its own training data (label more episodes, or raise --validation-fraction)"
+        )
     if output_format_ == "json":
         _common.print_json(stats.to_json_dict())
         return

@@ -73,6 +73,7 @@ def list_episodes(
         f"{len(episodes)} episodes" + (f" of {agent_id}" if agent_id else ""),
         columns,
         (_summary_row(episode, with_agent=agent_id is None) for episode in episodes),
+        whole=["id"],
     )
 
 

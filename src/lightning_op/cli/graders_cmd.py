@@ -244,7 +244,10 @@ def test_grader(
             for r in result.records
         ]
         _common.print_table(
-            f"{grader.name} on {len(rows)} episodes of {agent_id}", ["record", "score", "notes"], rows
+            f"{grader.name} on {len(rows)} episodes of {agent_id}",
+            ["record", "score", "notes"],
+            rows,
+            whole=["record"],
         )
         suffix = f" ({len(failed)} failed)" if failed else ""
         _common.console.print(f"average: {_score(result.average)}{suffix}", highlight=False)
