@@ -12,7 +12,9 @@ every grading failed, and when the agent has no episodes (a rerun with nothing l
 0); ``dataset-info`` exits 1 after printing when a dataset's files changed or a file has bad lines;
 ``operator`` without a usable kubeconfig exits 1 with one line; ``promote-model --adapter`` needs
 ``--agent-id``, and compare-versions names a promotion that lacks the previous model; a grader file
-that is not UTF-8 is named.
+that is not UTF-8, empty, not an object, or a directory is named; ``label-batch --limit 0`` is refused
+as in list-episodes; a bare ``lightning-op`` prints its help (exit 0), and an unknown command names
+the program once.
 """
 
 from __future__ import annotations
@@ -408,3 +410,40 @@ def test_a_grader_file_that_is_not_utf8_is_named(seeded: str, tmp_path: Path) ->
         lightning_op("dry-run", "--store", seeded, "--agent-id", "bot", "--grader", str(grader)),
         f"grader {grader}: not UTF-8 text",
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        pytest.param("", "empty: a grader spec is an object", id="empty-file"),
+        pytest.param("- string_check\n", "not a list", id="a-list"),
+        pytest.param(None, "is a directory, not a grader file", id="a-directory"),
+    ],
+)
+def test_a_grader_file_that_is_no_spec_says_what_it_is(
+    seeded: str, tmp_path: Path, content: str | None, needle: str
+) -> None:
+    grader = tmp_path / "grader.yaml"
+    if content is None:
+        grader.mkdir()
+    else:
+        grader.write_text(content)
+    one_line_error(
+        lightning_op("dry-run", "--store", seeded, "--agent-id", "bot", "--grader", str(grader)), needle
+    )
+
+
+def test_label_batch_limit_zero_is_refused_as_in_list_episodes(seeded: str) -> None:
+    for command in ("list-episodes", "label-batch"):
+        args = [command, "--store", seeded, "--agent-id", "bot", "--limit", "0"]
+        if command == "label-batch":
+            args += ["--evaluator", "tool_selection"]
+        one_line_error(lightning_op(*args), "--limit must be at least 1", code=1)
+
+
+def test_a_bare_call_prints_help_and_an_unknown_command_names_the_program_once() -> None:
+    bare = lightning_op()
+    assert bare.returncode == 0 and bare.stdout.startswith("Usage: lightning-op"), bare
+    assert bare.stderr == ""
+    unknown = one_line_error(lightning_op("nonsense"), "No such command 'nonsense'", code=2)
+    assert unknown.count("lightning-op") == 0, unknown

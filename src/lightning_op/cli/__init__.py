@@ -88,9 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help())  # a bare ``lightning-op``: the help, as asked
+        sys.exit(0)
     except click.ClickException as exc:
         ctx = exc.ctx if isinstance(exc, click.UsageError) else None
-        where = f" (lightning-op {ctx.info_name})" if ctx else ""
+        # name the subcommand whose usage was wrong; the group itself needs no second mention
+        where = f" (lightning-op {ctx.info_name})" if ctx is not None and ctx.parent is not None else ""
         click.echo(f"error: {exc.format_message()}{where}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:

@@ -81,7 +81,10 @@ def _load_grader(grader_file: str | None, evaluator: str | None) -> graders_base
             f"--evaluator {evaluator!r} is not a preset: use one of {', '.join(sorted(graders.PRESETS))}"
         )
     if grader_file and not Path(grader_file).expanduser().is_file() and grader_file not in graders.PRESETS:
-        _common.fail(f"--grader {grader_file}: no such file")
+        what = (
+            "is a directory, not a grader file" if Path(grader_file).expanduser().is_dir() else "no such file"
+        )
+        _common.fail(f"--grader {grader_file}: {what}")
     source = grader_file or evaluator
     assert source is not None
     try:
@@ -308,7 +311,7 @@ def label_batch(
     this grader version already labeled)."""
     options: dict[str, Any] = {
         "min_score": _opt_float(min_score, "--min-score", low=0.0, high=1.0),
-        "limit": None if limit is None else _int(limit, "--limit", minimum=0),
+        "limit": None if limit is None else _int(limit, "--limit", minimum=1),
         "since": _common.parse_time(since, "--since"),
         "concurrency": _int(concurrency, "--concurrency", minimum=1, maximum=MAX_CONCURRENCY),
         "requests_per_second": _opt_float(rps, "--rps", positive=True),

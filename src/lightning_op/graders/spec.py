@@ -551,8 +551,14 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
 
 def parse_spec(data: Any, source: str = "") -> GraderSpec:
     """Validate one grader spec from plain data; raises :class:`GraderSpecError`."""
+    if data is None:
+        raise GraderSpecError([("", "empty: a grader spec is an object with a type or a preset")], source)
     if not isinstance(data, Mapping):
-        raise GraderSpecError([("", f"a grader spec is an object, not {type(data).__name__}")], source)
+        kind = {str: "text", list: "a list", int: "a number", float: "a number", bool: "a boolean"}
+        found = kind.get(type(data), type(data).__name__)
+        raise GraderSpecError(
+            [("", f"a grader spec is an object with a type or a preset, not {found}")], source
+        )
     try:
         return SPEC_ADAPTER.validate_python(data)
     except ValidationError as exc:
