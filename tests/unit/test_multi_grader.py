@@ -32,6 +32,8 @@ VALUES = {"tool": 1.0, "fmt": 0.5, "judge": 0.25}
         ("0.5 * tool + 0.5 * fmt", 0.75),
         ("(tool + fmt + judge) / 3", 1.75 / 3),
         ("fmt ^ 2", 0.25),
+        ("0.5 * tool + 0.5 * fmt ^ 2", 0.625),  # power binds tighter than * and +, as in OpenAI's
+        ("2 ^ 3 ^ 2", 512.0),  # and is right-associative
         ("fmt ** 2", 0.25),
         ("-judge + 1", 0.75),
         ("min(tool, fmt, judge)", 0.25),

@@ -56,8 +56,7 @@ _BINOPS: Mapping[type[ast.operator], Callable[[float, float], float]] = {
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
-    ast.Pow: math.pow,
-    ast.BitXor: math.pow,  # OpenAI's formulas write power as ^
+    ast.Pow: math.pow,  # also ``^``, which OpenAI's formulas write for power (rewritten when parsed)
 }
 _CMPOPS: Mapping[type[ast.cmpop], Callable[[float, float], bool]] = {
     ast.Lt: operator.lt,
@@ -151,7 +150,10 @@ def compile_formula(source: str, names: Iterable[str]) -> Formula:
     if len(source) > MAX_FORMULA_CHARS:
         raise FormulaError(f"formula is {len(source)} characters, limit {MAX_FORMULA_CHARS}")
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        # ``^`` is power in OpenAI's formulas: parsed as Python's XOR it would bind looser than ``+``
+        # and ``*`` (``2 * a ^ 2`` as ``(2 * a) ^ 2``); as ``**`` it has power's precedence and right
+        # associativity. No string can hold a ``^`` (strings are refused), so this touches operators only.
+        tree = ast.parse(source.strip().replace("^", "**"), mode="eval")
     except SyntaxError as exc:
         raise FormulaError(f"invalid syntax at column {exc.offset or 0}: {source!r}") from None
     count = sum(1 for _ in ast.walk(tree))
