@@ -2,9 +2,10 @@
 
 Covers:
 - a working grader sees OpenAI's ``sample``/``item`` shapes and its result is clamped to [0, 1];
-- an infinite loop, a sleep, a memory bomb, a network call, a subprocess, an exception, a
-  non-number, NaN, a hard exit and code that fails to load each give score 0 with a reason, within
-  their limits (``on_error: fail`` makes them failed gradings instead);
+- an infinite loop, a sleep, a memory bomb, a network call, a subprocess, libc through ctypes,
+  ``_posixsubprocess``, reading the operator's /proc environ (directly or through a symlink), an
+  exception, a non-number, NaN, a hard exit and code that fails to load each give score 0 with a
+  reason, within their limits (``on_error: fail`` makes them failed gradings instead);
 - the network stays blocked with the in-process audit hook alone (no namespaces);
 - workers are reused across episodes (no process per episode), never more than ``workers`` at once,
   replaced after a failure, and killed by ``aclose``; a batch with bad episodes goes on;
@@ -163,6 +164,50 @@ def grade(sample, item):
 """,
     ),
     (
+        "ctypes-libc",
+        "importing ctypes is blocked",
+        2.0,
+        """
+def grade(sample, item):
+    import ctypes
+    return float(ctypes.CDLL(None).system(b"echo pwned > /tmp/lightning-op-sandbox-pwned"))
+""",
+    ),
+    (
+        "fork-exec",
+        "_posixsubprocess.fork_exec is blocked",
+        2.0,
+        """
+import _posixsubprocess, importlib
+def grade(sample, item):
+    module = importlib.reload(_posixsubprocess)
+    return module.fork_exec()  # the real one would raise TypeError (arguments), not "blocked"
+""",
+    ),
+    (
+        "operator-environ",
+        "reading other processes' /proc files is blocked",
+        2.0,
+        """
+import os
+def grade(sample, item):
+    secrets = open(f"/proc/{os.getppid()}/environ", "rb").read()
+    return 1 if secrets else 0
+""",
+    ),
+    (
+        "operator-environ-via-symlink",
+        "reading other processes' /proc files is blocked",
+        2.0,
+        """
+import os, tempfile
+def grade(sample, item):
+    link = os.path.join(tempfile.mkdtemp(), "env")
+    os.symlink(f"/proc/{os.getppid()}/environ", link)
+    return 1 if open(link, "rb").read() else 0
+""",
+    ),
+    (
         "exception",
         "ValueError: boom (line 3)",
         2.0,
@@ -243,11 +288,33 @@ async def test_on_error_fail_makes_failed_gradings() -> None:
     assert result.score is None and "KeyError" in (result.error or "")
 
 
-async def test_network_is_blocked_by_the_audit_hook_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        pytest.param(
+            "import socket\ndef grade(sample, item):\n    socket.socket()\n    return 1\n",
+            "network access is blocked",
+            id="socket",
+        ),
+        pytest.param(
+            "def grade(sample, item):\n    import ctypes\n    return 1\n",
+            "importing ctypes is blocked",
+            id="libc-socket-through-ctypes",
+        ),
+        pytest.param(
+            "import os\ndef grade(sample, item):\n    return len(open(f'/proc/{os.getppid()}/environ').read())\n",  # noqa: E501
+            "/proc files is blocked",
+            id="operator-environ",
+        ),
+    ],
+)
+async def test_network_and_secrets_are_blocked_by_the_audit_hook_alone(
+    monkeypatch: pytest.MonkeyPatch, source: str, reason: str
+) -> None:
+    """Where no namespace can be made (a non-root operator pod), the audit hook is all there is."""
     monkeypatch.setattr(python_grader, "_unshare_prefix", ())
-    source = "import socket\ndef grade(sample, item):\n    socket.socket()\n    return 1\n"
     result = await grade_once(source)
-    assert result.score == 0.0 and "network access is blocked" in result.reason
+    assert result.score == 0.0 and reason in result.reason, result.reason
     assert python_grader.network_isolation() == "audit hook only"
 
 

@@ -9,8 +9,12 @@ Before any user code runs it sets its limits: address space (``RLIMIT_AS``), no 
 size cap, and a CPU-time soft limit per call (``RLIMIT_CPU``, raised again before each call up to a
 lifetime hard limit; ``SIGXCPU`` raises :class:`CpuTimeExceeded`, a ``BaseException`` so that user
 ``except Exception`` does not swallow it); and it installs an audit hook (which Python code cannot
-remove) that refuses sockets, subprocesses, fork/exec, signals to other processes and loading native
-libraries through ctypes. The parent enforces the wall-clock limit and kills the whole process group.
+remove) that refuses sockets, subprocesses, fork/exec, signals to other processes, importing ctypes or
+a fresh ``_posixsubprocess`` (ways to the OS that raise no audit event of their own; the loaded one
+has its ``fork_exec`` replaced) and opening another
+process's /proc files (the operator's environ). Files elsewhere can be read and written within the
+file size cap: run the operator with a read-only root filesystem, as the chart does. The parent
+enforces the wall-clock limit and kills the whole process group.
 
 Messages: the first from the parent is the config (``source``, ``filename``, ``cpu_seconds``,
 ``memory_bytes``, ``lifetime_cpu_seconds``); the worker answers ``{"ready": true}`` or
@@ -38,6 +42,9 @@ MAX_ERROR_CHARS = 500
 
 _BLOCKED_PREFIXES = ("socket.", "subprocess.", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "pty.")
 _BLOCKED_EVENTS = frozenset({"os.system", "os.kill", "os.killpg", "signal.pthread_kill", "os.forkpty"})
+#: modules that reach the OS without an audit event of their own: ctypes (``CDLL(None)`` is libc:
+#: ``system``, ``socket``, ``connect``) and ``_posixsubprocess.fork_exec`` (no event on 3.11)
+_BLOCKED_MODULES = frozenset({"ctypes", "_ctypes", "_posixsubprocess"})
 
 
 class CpuTimeExceeded(BaseException):
@@ -52,8 +59,45 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
     if event in _BLOCKED_EVENTS or event.startswith(_BLOCKED_PREFIXES):
         what = "network access" if event.startswith("socket.") else f"{event}"
         raise SandboxViolation(f"{what} is blocked in the python grader sandbox")
-    if event == "ctypes.dlopen" and args and args[0] is not None:
-        raise SandboxViolation("loading native libraries is blocked in the python grader sandbox")
+    if event == "import" and args and str(args[0]).split(".")[0] in _BLOCKED_MODULES:
+        raise SandboxViolation(f"importing {args[0]} is blocked in the python grader sandbox")
+    if event.startswith("ctypes."):
+        raise SandboxViolation("native code through ctypes is blocked in the python grader sandbox")
+    if event == "open" and args and _other_process(args[0]):
+        raise SandboxViolation("reading other processes' /proc files is blocked in the python grader sandbox")
+
+
+def _no_fork_exec(*args: object, **kwargs: object) -> None:
+    raise SandboxViolation("_posixsubprocess.fork_exec is blocked in the python grader sandbox")
+
+
+def _disable_fork_exec() -> None:
+    """Load ``_posixsubprocess`` now, with ``fork_exec`` replaced, so that ``import subprocess`` and
+    ``import asyncio`` still work for graders while the one entry point that starts a program without
+    an audit event (on 3.11) is gone; the hook refuses loading a fresh copy of the module."""
+    import _posixsubprocess
+
+    setattr(_posixsubprocess, "fork_exec", _no_fork_exec)  # noqa: B010 (a module attribute mypy types)
+
+
+#: this worker's directory in the /proc it sees (in a PID namespace without its own /proc mount,
+#: ``os.getpid()`` is not the number /proc knows it by)
+_OWN_PROC = os.path.realpath("/proc/self")
+
+
+def _other_process(path: object) -> bool:
+    """A path under /proc/<pid>/ of another process (its environ holds the operator's secrets when no
+    PID namespace hides it), symlinks and ``..`` resolved."""
+    if isinstance(path, int):
+        return False
+    try:
+        text = os.path.realpath(os.fsdecode(path))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OSError):
+        return False
+    parts = text.split(os.sep)
+    if len(parts) < 3 or parts[0] != "" or parts[1] != "proc" or not parts[2].isdigit():
+        return False
+    return os.sep.join(parts[:3]) != _OWN_PROC
 
 
 # SIGXCPU repeats every second once the soft limit is passed: only raise while user code runs, so
@@ -160,6 +204,7 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024 * 1024, 64 * 1024 * 1024))
     signal.signal(signal.SIGXCPU, _on_xcpu)
     _arm_cpu(cpu_seconds, hard_cpu)
+    _disable_fork_exec()
     sys.addaudithook(_audit)
 
     namespace: dict[str, Any] = {"__name__": "grader", "__builtins__": __builtins__}
