@@ -104,6 +104,10 @@ def test_progress_counts_labels_from_before_a_restart() -> None:
         "failed": 1,
         "total": 170,
     }
+    # ten episodes the grader gave up on (failed three times) are skipped by the rescan: not labeled
+    given_up = labeling_pipeline.LabelingProgress(done=10, total=10, labeled=0, failed=0, skipped=10)
+    fields = lflow.labeling_report(rescanning, given_up, 1, lflow.LabelCounts(labeled=0, failed=10)).fields
+    assert fields is not None and fields["labeled"] == 0
 
 
 def test_completed_report() -> None:

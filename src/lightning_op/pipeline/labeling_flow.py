@@ -194,10 +194,11 @@ def labeling_report(
     fields: dict[str, Any] = {}
     message = f"labeling episodes of agent {spec.agent_id}"
     if progress is not None:
-        # Without unlabeledOnly the run re-reads episodes it labeled before and counts them skipped.
-        earlier = progress.skipped if not spec.selector.unlabeled_only else before.labeled
+        # What this grader version scored before, from the store: not the run's ``skipped``, which
+        # without unlabeledOnly also holds episodes skipped as given up (failed too often) or in
+        # conflict, and would show them as labeled.
         fields = {
-            "labeled": earlier + progress.labeled,
+            "labeled": before.labeled + progress.labeled,
             "failed": progress.failed,
             "total": None
             if progress.total is None
