@@ -145,6 +145,29 @@ def test_tokenizer_without_template_gets_chatml(tokenizer: Any) -> None:
     assert _labeled_text(bare, example) == ASSISTANT_TEXT
 
 
+def test_the_default_template_shows_the_model_its_tools() -> None:
+    """A row's ``tools`` reach the prompt (training, evaluation and serving render the same way): the
+    definitions follow the system message in one system turn, and only the answer is learned."""
+    bare = tiny.build_byte_tokenizer()
+    bare.chat_template = None
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "analyze_churn",
+            "description": "Churn by quarter",
+            "parameters": {"type": "object"},
+        },
+    }
+    (example,), _ = data.tokenize_rows([{**GOOD, "tools": [tool]}], bare, max_seq_length=1024)
+    first = next(i for i, t in enumerate(example.labels) if t != data.IGNORE_INDEX)
+    prompt = str(bare.decode(example.input_ids[:first]))
+    assert prompt.count("<|im_start|>system") == 1 and prompt.startswith("<|im_start|>system\nPick a tool.")
+    assert '"description": "Churn by quarter"' in prompt and "<tools>" in prompt
+    assert _labeled_text(bare, example) == ASSISTANT_TEXT
+    (plain,), _ = data.tokenize_rows([GOOD], bare, max_seq_length=1024)
+    assert "<tools>" not in str(bare.decode(plain.input_ids)), "no tools, no tools block"
+
+
 def test_truncation_keeps_the_start_and_drops_examples_with_no_answer_left(tokenizer: Any) -> None:
     (full,), _ = data.tokenize_rows([GOOD], tokenizer, max_seq_length=1024)
     first = next(i for i, t in enumerate(full.labels) if t != data.IGNORE_INDEX)

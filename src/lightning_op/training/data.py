@@ -46,10 +46,26 @@ from lightning_op.api import episode as ep
 IGNORE_INDEX = -100
 MAX_REPORTED_PROBLEMS = 20
 
-#: ChatML with Hermes-style tool calls and generation tags, for tokenizers that bring no template.
+#: ChatML with Hermes-style tools and tool calls (the tool definitions in a leading system turn, as
+#: Qwen's and Hermes' templates put them, the first system message's content before them) and
+#: generation tags, for tokenizers that bring no template.
 DEFAULT_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(skip_first=false) %}"
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\n' }}"
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{{- (messages[0].get('content') or '') + '\n\n' }}"
+    "{%- set ns.skip_first = true %}"
+    "{%- endif %}"
+    "{{- '# Tools\n\nYou may call one or more functions. Their signatures are within '"
+    "'<tools></tools>:\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+    '{{- \'\n</tools>\n\nFor each call, answer <tool_call>{"name": <function-name>, '
+    '"arguments": <args-json-object>}</tool_call><|im_end|>\n\' }}'
+    "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
+    "{%- if loop.first and ns.skip_first %}"
+    "{%- elif message['role'] == 'assistant' %}"
     "{{- '<|im_start|>assistant\\n' }}"
     "{%- generation %}"
     "{%- if message.get('content') %}{{- message['content'] }}{%- endif %}"
