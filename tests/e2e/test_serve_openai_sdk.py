@@ -13,7 +13,10 @@ Covers:
 - ``POST /admin/adapter`` loads an adapter: the tuned name answers with it while the base name still
   answers without it (same process, same weights); a second POST swaps to another adapter;
 - a bad adapter path is refused with a 400 that names it, and the served adapter stays;
-- ``seed`` makes sampled replies reproducible; bad parameters are 400s naming the parameter.
+- ``seed`` makes sampled replies reproducible; ``top_p: 0`` is greedy; bad parameters are 400s naming
+  the parameter;
+- two swaps at once both succeed and the tuned name answers with the adapter loaded last;
+- a non-loopback ``--host`` without an admin token is refused before the model loads.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +275,26 @@ def test_seed_makes_sampling_reproducible(client: openai.OpenAI) -> None:
     assert sample(7) == sample(7)
 
 
+def test_top_p_zero_is_greedy(client: openai.OpenAI) -> None:
+    """top_p 0 keeps only the most likely token (it was read as 1.0: the most random sampling)."""
+
+    def reply(**sampling: Any) -> str | None:
+        message = (
+            client.chat.completions.create(
+                model="analytics-base",
+                messages=[{"role": "user", "content": "Hello there"}],
+                max_tokens=24,
+                **sampling,
+            )
+            .choices[0]
+            .message
+        )
+        return message.content or str(message.tool_calls)
+
+    greedy = reply(temperature=0)
+    assert [reply(temperature=1.5, top_p=0, seed=seed) for seed in (1, 2, 3)] == [greedy] * 3
+
+
 def test_adapter_swap_changes_the_tuned_model_without_a_restart(
     server: Server, client: openai.OpenAI, models: dict[str, Path]
 ) -> None:
@@ -296,3 +320,32 @@ def test_adapter_swap_changes_the_tuned_model_without_a_restart(
     assert tool_call(client, "analytics-tuned-v2")[0] == "top_products"
     served = httpx.get(f"{server.url}/admin/adapter", timeout=10).json()
     assert served["adapter"] == str(models["top"].resolve())
+
+
+def test_concurrent_swaps_leave_one_adapter_serving(
+    server: Server, client: openai.OpenAI, models: dict[str, Path]
+) -> None:
+    """Two swaps at once: both succeed in some order and the tuned name answers with the one loaded
+    last (before, both picked one slot name and the second deleted the adapter: every request 500)."""
+    before = httpx.get(f"{server.url}/admin/adapter", timeout=10).json()["adapterVersion"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        responses = list(pool.map(lambda name: server.swap(models[name]), ["forecast", "top"]))
+    assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+    served = httpx.get(f"{server.url}/admin/adapter", timeout=10).json()
+    assert served["adapterVersion"] == before + 2
+    expected = {
+        str(models["forecast"].resolve()): "forecast_sales",
+        str(models["top"].resolve()): "top_products",
+    }
+    assert tool_call(client, "analytics-tuned-v2")[0] == expected[served["adapter"]]
+
+
+def test_a_public_address_needs_an_admin_token(models: dict[str, Path]) -> None:
+    """Anyone who reaches /admin/adapter can make the server load a directory: not without a token."""
+    args = [sys.executable, "-m", "lightning_op.cli", "serve", "--base", str(models["base"]), "--port", "0"]
+    done = subprocess.run([*args, "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: --host 0.0.0.0 without --admin-token (env LIGHTNING_SERVE_ADMIN_TOKEN) would let anyone "
+        "who reaches it load adapters through /admin/adapter: give a token, or listen on 127.0.0.1"
+    ]

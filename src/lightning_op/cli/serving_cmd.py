@@ -8,6 +8,7 @@ the real port (``--port 0`` picks a free one), so scripts and the demo can wait 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -48,7 +49,7 @@ ADMIN_TOKEN_ENV = "LIGHTNING_SERVE_ADMIN_TOKEN"
     "--admin-token",
     envvar=ADMIN_TOKEN_ENV,
     default=None,
-    help=f"Bearer token for /admin/adapter (env {ADMIN_TOKEN_ENV}; none: no auth, bind to localhost).",
+    help=f"Bearer token for /admin/adapter (env {ADMIN_TOKEN_ENV}); required unless --host is loopback.",
 )
 def serve(
     base: Path,
@@ -61,6 +62,11 @@ def serve(
     admin_token: str | None,
 ) -> None:
     """Serve a base model and its fine-tuned adapter with the OpenAI chat completions API."""
+    if not admin_token and not _loopback(host):
+        _common.fail(
+            f"--host {host} without --admin-token (env {ADMIN_TOKEN_ENV}) would let anyone who reaches it "
+            "load adapters through /admin/adapter: give a token, or listen on 127.0.0.1"
+        )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -85,3 +91,12 @@ def serve(
         asyncio.run(server_mod.serve(model, host, port, admin_token=admin_token))
     except server_mod.ListenError as exc:
         _common.fail(f"serve {exc}")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface

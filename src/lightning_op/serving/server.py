@@ -10,19 +10,23 @@ Endpoints (aiohttp):
 - ``GET /v1/models``: the base model's name and, once an adapter is loaded, the tuned name.
 - ``GET /admin/adapter``, ``POST /admin/adapter`` ``{"adapter": PATH | null, "name": NAME?}``:
   what is served, and load/swap (or, with ``null``, unload) the adapter without a restart. With an
-  admin token set, these need ``Authorization: Bearer TOKEN``.
+  admin token set, these need ``Authorization: Bearer TOKEN`` (compared in constant time); the CLI
+  refuses a non-loopback address without one, since a caller could load any directory it names.
 - ``GET /healthz``.
 
 A request naming the base model is generated with the adapter disabled (peft's ``disable_adapter()``),
 one naming the tuned model with it, on the same weights in memory. Generation runs on a worker thread,
 never on the event loop, and one lock around the model orders generations and adapter swaps, so a
-swap never lands in the middle of a reply. A ``seed`` makes sampling reproducible.
+swap never lands in the middle of a reply; whether a request gets the adapter is settled under that
+lock too (an adapter unloaded meanwhile is a 404, never a base-model answer under the tuned name).
+A ``seed`` makes sampling reproducible; ``top_p: 0`` (or ``temperature: 0``) is greedy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import threading
@@ -65,6 +69,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    #: the adapter version that answered (None: the base model)
+    adapter_version: int | None = None
 
 
 def _stop_ids(tokenizer: Any, model: Any) -> list[int]:
@@ -149,8 +155,10 @@ class ModelServer:
             raise ServingError(
                 f"adapter {path} has no adapter_config.json (not a LoRA adapter directory)", param="adapter"
             )
-        slot = f"adapter-{self.adapter_version + 1}"
         with self.lock:
+            # named under the lock: two loads at once must not pick one name (the second would delete
+            # the adapter the first just made active)
+            slot = f"adapter-{self.adapter_version + 1}"
             try:
                 if self.peft is None:
                     self.peft = PeftModel.from_pretrained(self.model, adapter, adapter_name=slot)
@@ -225,7 +233,7 @@ class ModelServer:
             ) from exc
         ids = list(encoded["input_ids"])
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        do_sample = temperature > 0
+        do_sample = temperature > 0 and top_p > 0  # top_p 0 keeps only the top token: greedy
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_tokens,
             "do_sample": do_sample,
@@ -236,6 +244,15 @@ class ModelServer:
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         with self.lock:
+            # decided under the lock: an adapter unloaded since the request was checked must not
+            # leave the base model answering for the tuned one
+            if use_adapter and self.peft is None:
+                raise ServingError(
+                    f"model {self.tuned_name!r} has no adapter loaded any more",
+                    status=404,
+                    code="model_not_found",
+                )
+            version = self.adapter_version if use_adapter else None
             model = self.peft if self.peft is not None else self.model
             context = (
                 self.peft.disable_adapter()
@@ -260,7 +277,11 @@ class ModelServer:
             if special:
                 text = text.replace(special, "")
         return Generation(
-            text=text, prompt_tokens=len(ids), completion_tokens=len(kept), finish_reason=finish
+            text=text,
+            prompt_tokens=len(ids),
+            completion_tokens=len(kept),
+            finish_reason=finish,
+            adapter_version=version,
         )
 
 
@@ -375,7 +396,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
         messages=parse_messages(body.get("messages")),
         tools=tools or None,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0) or 1.0,
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
         max_tokens=max_tokens,
         seed=seed,
         stream=bool(body.get("stream")),
@@ -444,7 +465,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         chat = parse_chat_request(await _json_body(request))
         use_adapter = server.uses_adapter(chat.model)
-        fingerprint = f"{'adapter-v' + str(server.adapter_version) if use_adapter else 'base'}"
         loop = asyncio.get_running_loop()
         generation = await loop.run_in_executor(
             request.app[EXECUTOR_KEY],
@@ -460,7 +480,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
     except ServingError as exc:
         return _error(exc)
-    body = completion_body(chat, generation, fingerprint)
+    version = generation.adapter_version
+    body = completion_body(chat, generation, "base" if version is None else f"adapter-v{version}")
     if not chat.stream:
         return web.json_response(body)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -484,7 +505,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 def _check_admin(request: web.Request) -> None:
     token = request.app.get(TOKEN_KEY)
-    if token and request.headers.get("Authorization") != f"Bearer {token}":
+    given = request.headers.get("Authorization", "").encode()
+    if token and not hmac.compare_digest(given, f"Bearer {token}".encode()):
         raise ServingError(
             "admin endpoints need Authorization: Bearer <admin token>", status=401, code="unauthorized"
         )
