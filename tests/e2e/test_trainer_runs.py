@@ -221,6 +221,39 @@ def test_sigterm_then_resume_matches_the_uninterrupted_run(workdir: Path, traine
     assert abs(result.train_loss - expected) <= 0.01 * expected, (result.train_loss, expected)
 
 
+def test_resume_auto_skips_checkpoints_of_another_run(workdir: Path) -> None:
+    """A run's output directory reused by a run with another config: ``resumeFrom: auto`` starts the
+    new run from step 0 (before, it took the old run's step-12 checkpoint and reported "12 of 4"
+    steps with the old run's weights), the stale checkpoints are removed, and naming one explicitly
+    is a clear error."""
+
+    def config(epochs: int, resume: str | None = None) -> cfg.TrainerConfig:
+        data = _config(workdir, "reused", epochs=epochs, checkpointSteps=4, batchSize=16, packing=False)
+        data.pop("validationFile")
+        if resume is not None:
+            data["resumeFrom"] = resume
+        return cfg.parse_config(data, base_dir=workdir)
+
+    def run(c: cfg.TrainerConfig) -> tuple[Any, str | None]:
+        """The result, and the checkpoint the run said it resumed from."""
+        stream = io.StringIO()
+        result = local.train(c, writer=local.ProgressWriter(None, stream=stream), handle_sigterm=False)
+        started = next(e for e in _events(stream.getvalue()) if e["event"] == "started")
+        return result, started["resumedFrom"]
+
+    first, _ = run(config(3))  # 64 rows / 16 = 4 steps an epoch: 12 steps
+    assert first.steps == 12
+    checkpoints = workdir / "reused" / "checkpoints"
+    assert (checkpoints / "step-0000012").is_dir()
+    second, resumed = run(config(1, "auto"))
+    assert resumed is None and (second.steps, second.total_steps) == (4, 4)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-0000004"], "the old run's are gone"
+    _, resumed = run(config(1, "auto"))  # a retry of the same run resumes its own last checkpoint
+    assert resumed == str(checkpoints / "step-0000004")
+    with pytest.raises(local.TrainingFailed, match="written by another run"):
+        run(config(2, str(checkpoints / "step-0000004")))
+
+
 def test_next_round_starts_from_the_previous_adapter(workdir: Path, trained: dict[str, Any]) -> None:
     final = trained["events"][-1]
     rescored = evaluate.evaluate_model(

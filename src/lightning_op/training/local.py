@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import hashlib
 import json
 import logging
 import math
@@ -387,18 +388,31 @@ def load_for_training(config: cfg.TrainerConfig, device: Any) -> LoadedModel:
 # ---------------------------------------------------------------------------------------- checkpoints
 
 
-def find_last_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The complete checkpoint with the highest step under ``checkpoints_dir``, if any."""
+def find_last_checkpoint(checkpoints_dir: Path, run_key: str | None = None) -> Path | None:
+    """The complete checkpoint with the highest step under ``checkpoints_dir``, if any; with
+    ``run_key``, only one written by a run of that key (see ``checkpoint_run_key``)."""
     best: tuple[int, Path] | None = None
     if not checkpoints_dir.is_dir():
         return None
     for child in checkpoints_dir.iterdir():
         match = _CHECKPOINT_NAME.match(child.name)
         if match and (child / "checkpoint.json").is_file():
+            if run_key is not None and checkpoint_run_key(child) != run_key:
+                continue
             step = int(match.group(1))
             if best is None or step > best[0]:
                 best = (step, child)
     return best[1] if best else None
+
+
+def checkpoint_run_key(checkpoint: Path) -> str | None:
+    """The run key a checkpoint was written with (None: unreadable, or written before keys)."""
+    try:
+        meta = json.loads((checkpoint / "checkpoint.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    key = meta.get("runKey") if isinstance(meta, dict) else None
+    return str(key) if key else None
 
 
 def _fsync_tree(root: Path) -> None:
@@ -537,6 +551,7 @@ class _Trainer:
         planned = self.steps_per_epoch * hp.epochs
         self.total_steps = min(planned, hp.max_steps) if hp.max_steps else planned
         self.total_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.run_key = self._run_key()
 
         base = self.loaded.base
         self.split_head = base.config.model_type in _SPLIT_HEAD_TYPES
@@ -564,15 +579,42 @@ class _Trainer:
             self._load_checkpoint(checkpoint)
             self.resumed_from = checkpoint
 
+    def _run_key(self) -> str:
+        """What makes a checkpoint this run's: the round, the step plan, the base model, the training
+        data as tokenized and the hyperparameters. A checkpoint left in the output directory by a
+        run with another config or dataset must not be resumed (its adapter would come out as this
+        run's, even with more steps than this run plans)."""
+        identity = {
+            "round": self.config.round,
+            "totalSteps": self.total_steps,
+            "baseModel": str(self.config.base_model),
+            "examples": len(self.examples),
+            "tokens": sum(self.lengths),
+            "hyperparameters": self.config.hyperparameters.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
     def _checkpoint_to_resume(self) -> Path | None:
         resume = self.config.resume_from
         if resume is None:
             return None
         if resume == "auto":
-            return find_last_checkpoint(self.config.checkpoints_dir)
+            found = find_last_checkpoint(self.config.checkpoints_dir, self.run_key)
+            if found is None and find_last_checkpoint(self.config.checkpoints_dir) is not None:
+                log.warning(
+                    "resumeFrom auto: the checkpoints in %s are from another run (config or dataset "
+                    "differ): starting from step 0",
+                    self.config.checkpoints_dir,
+                )
+            return found
         path = Path(resume)
         if not (path / "checkpoint.json").is_file():
             raise cfg.ConfigError(f"resumeFrom: {path} is not a checkpoint directory (no checkpoint.json)")
+        if checkpoint_run_key(path) != self.run_key:
+            raise cfg.ConfigError(
+                f"resumeFrom: {path} was written by another run (its round, steps, base model, dataset "
+                "or hyperparameters differ from this config)"
+            )
         return path
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -765,6 +807,7 @@ class _Trainer:
             "stepInEpoch": self.pos.step_in_epoch,
             "totalSteps": self.total_steps,
             "round": self.config.round,
+            "runKey": self.run_key,
         }
         (tmp / "checkpoint.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
@@ -776,12 +819,15 @@ class _Trainer:
         return final
 
     def _prune_checkpoints(self, keep: Path) -> None:
+        """Keep this run's newest ``KEEP_CHECKPOINTS``; another run's (another key) go at once."""
         found = sorted(
             (int(m.group(1)), p)
             for p in self.config.checkpoints_dir.iterdir()
             if (m := _CHECKPOINT_NAME.match(p.name))
         )
-        for _, path in found[:-KEEP_CHECKPOINTS]:
+        foreign = [p for _, p in found if checkpoint_run_key(p) != self.run_key]
+        mine = [p for _, p in found if p not in foreign]
+        for path in foreign + mine[:-KEEP_CHECKPOINTS]:
             if path != keep:
                 shutil.rmtree(path, ignore_errors=True)
 
