@@ -437,7 +437,7 @@ class ScriptedCollector:
                         "duplicates": 0,
                         "rejected": 0,
                         "results": [
-                            {"index": i, "id": e["id"], "status": "accepted", "reason": None}
+                            {"index": i, "id": e.get("id"), "status": "accepted", "reason": None}
                             for i, e in enumerate(items)
                         ],
                     }

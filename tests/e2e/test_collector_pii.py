@@ -120,6 +120,50 @@ def test_planted_personal_data_reaches_neither_logs_nor_the_database_file(tmp_pa
         assert episode.redactions.get("email", 0) + episode.redactions.get("credit_card", 0) >= 1
 
 
+def test_an_id_derived_by_the_collector_does_not_fingerprint_what_was_redacted(tmp_path: Path) -> None:
+    """An episode sent without an id gets one derived from the content the store keeps: a hash of the
+    content as sent would let anyone with the stored episode find a redacted phone number again by
+    trying numbers. The same body sent again maps to the same id (a duplicate), from the capture
+    client too (which sends no id of its own)."""
+    from lightning_op.api import episode as ep
+
+    sent = {
+        "agentId": "id-bot",
+        "sessionId": "s-1",
+        "turn": 0,
+        "timestamp": "2026-01-10T12:00:00Z",
+        "state": {"query": f"please call me back on {PLANTED['phone']}"},
+        "action": {"tool": "callback", "arguments": {}},
+    }
+    raw_content_id = ep.parse_episode(sent).id
+    store_url = f"sqlite:///{tmp_path / 'episodes.db'}"
+    with CollectorProcess(store_url) as collector:
+        with httpx.Client(base_url=collector.url) as http:
+            first = http.post("/v1/episodes", json=[sent]).json()
+            again = http.post("/v1/episodes", json=[sent]).json()
+        recorder = capture.EpisodeRecorder(collector.url, "id-bot", flush_interval=0.05)
+        with recorder.record(query=f"call {PLANTED['phone']}", session_id="s-2", turn=0):
+            pass
+        assert recorder.flush(10)
+        recorder.close()
+
+    assert (first["accepted"], again["duplicates"]) == (1, 1)
+    stored_id = first["results"][0]["id"]
+    assert again["results"][0]["id"] == stored_id != raw_content_id
+    store = store_mod.open_store(store_url)
+    try:
+        episodes = {e.session_id: e for e in store.iter_episodes(store_base.EpisodeQuery(agent_id="id-bot"))}
+    finally:
+        store.close()
+    assert set(episodes) == {"s-1", "s-2"}
+    for episode in episodes.values():
+        assert "[REDACTED:phone]" in (episode.state.query or "")
+        # the id is the hash of what is stored, nothing else
+        recomputed = ep.Episode.model_validate({k: v for k, v in episode.to_json_dict().items() if k != "id"})
+        assert episode.id == recomputed.id
+    assert episodes["s-1"].id == stored_id
+
+
 def test_custom_redaction_patterns_keep_matches_out_of_the_database(tmp_path: Path) -> None:
     """``--redact-pattern`` (EpisodeCapture's spec.redaction.patterns) applies before the write."""
     db = tmp_path / "episodes.db"

@@ -62,8 +62,9 @@ def test_same_interaction_gets_the_same_id_so_a_retried_batch_is_no_duplicate() 
         {"state": {"query": "where is my parcel?"}},
         {"action": {"tool": "lookup_order", "arguments": {"order": 43}}},
         {"result": {"status": "shipped"}},
+        {"modelVersion": "tuned-v2"},
     ],
-    ids=["session", "turn", "agent", "query", "arguments", "result"],
+    ids=["session", "turn", "agent", "query", "arguments", "result", "model-version"],
 )
 def test_id_changes_with_what_identifies_the_interaction(change: dict[str, Any]) -> None:
     assert ep.parse_episode(_base(**change)).id != ep.parse_episode(_base()).id
@@ -75,6 +76,25 @@ def test_without_session_and_turn_the_same_query_at_another_time_is_another_epis
         _base(sessionId=None, turn=None, timestamp=(T0 + timedelta(hours=1)).isoformat())
     )
     assert one.id != later.id
+
+
+def test_without_a_turn_the_same_question_again_in_a_session_is_another_episode() -> None:
+    """The capture client's decorator sets no turn: a user asking the same thing twice in a session
+    is two interactions (they were merged as duplicates); a resend keeps its timestamp, so its id."""
+    one = ep.parse_episode(_base(turn=None))
+    again = ep.parse_episode(_base(turn=None, timestamp=(T0 + timedelta(minutes=2)).isoformat()))
+    assert one.id != again.id
+    assert ep.parse_episode(_base(turn=None)).id == one.id
+
+
+def test_a_timestamp_the_sender_did_not_give_is_not_part_of_the_id() -> None:
+    """A plain HTTP client that resends a batch without ids or timestamps gets no duplicates (the
+    time of parsing differs on each try)."""
+    bare = _base(sessionId=None, turn=None)
+    del bare["timestamp"]
+    first = ep.parse_episode(bare)
+    resent = ep.parse_episode(dict(bare))
+    assert first.id == resent.id and first.id_derived
 
 
 def test_a_client_id_is_kept() -> None:

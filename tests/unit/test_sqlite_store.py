@@ -289,7 +289,9 @@ def test_iter_limit_caps_the_total(mixed: sqlite.SQLiteStore) -> None:
 
 
 def test_iter_json_yields_exactly_to_json_dict(mixed: sqlite.SQLiteStore) -> None:
-    mixed.add_label(make_episode(1).id, ep.Label(score=0.3, grader="g", reason="meh", at=T0))
+    mixed.add_label(
+        make_episode(1, model_version="tuned-v2").id, ep.Label(score=0.3, grader="g", reason="meh", at=T0)
+    )
     docs = list(mixed.iter_json(base.EpisodeQuery(), batch_size=4))
     assert len(docs) == 13
     for doc in docs:

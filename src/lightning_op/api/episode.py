@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic.alias_generators import to_camel
 
 MAX_ID_CHARS = 256
@@ -206,6 +206,13 @@ class Episode(_Model):
     redactions: dict[Annotated[str, Field(max_length=64)], int] = Field(default_factory=dict)
     # Store-managed revision for optimistic concurrency on label updates; 0 before the first write.
     revision: Annotated[int, Field(ge=0)] = 0
+    #: whether ``id`` was derived here (``deterministic_id``) rather than given: such an id is derived
+    #: again from the redacted content (``store.redaction``), so it never fingerprints what was removed
+    _id_derived: bool = PrivateAttr(default=False)
+    #: whether the sender gave the timestamp (not defaulted to the time of parsing)
+    _timestamp_given: bool = PrivateAttr(default=False)
+    #: the redactor whose output this is (``store.redaction``): it need not scan it a second time
+    _redacted_by: object = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _normalise(self) -> Episode:
@@ -213,9 +220,24 @@ class Episode(_Model):
             self.timestamp = self.timestamp.replace(tzinfo=UTC)
         if self.reward is not None and math.isnan(self.reward):
             raise ValueError("reward is NaN")
+        self._timestamp_given = "timestamp" in self.model_fields_set
         if not self.id:
             self.id = deterministic_id(self)
+            self._id_derived = True
         return self
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the data is: how an episode came by its id or timestamp is not part of it."""
+        if not isinstance(other, Episode):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
+
+    @property
+    def id_derived(self) -> bool:
+        """Whether ``id`` was derived from the content rather than given by the sender."""
+        return self._id_derived
 
     def content_problem(self) -> str | None:
         """Why this episode holds nothing to learn from, or None. Not a validation rule: the stores
@@ -268,26 +290,34 @@ def _loads_or_raw(text: str) -> Any:
 
 
 def deterministic_id(episode: Episode) -> str:
-    """A stable id from agent, session, turn and content: the same interaction always maps to one id."""
+    """A stable id from agent, session, turn, model version and content: the same interaction always
+    maps to one id, so a retried batch makes no duplicate.
+
+    Without a turn, the sender's timestamp is part of it too: the same question asked twice in a
+    session (or answered by two model versions) is two episodes, not a duplicate. A timestamp the
+    sender did not give (stamped at parsing) is not, or a resent batch would get new ids."""
     content = {
         "agentId": episode.agent_id,
         "sessionId": episode.session_id,
         "turn": episode.turn,
+        "modelVersion": episode.model_version,
         "state": episode.state.model_dump(mode="json", by_alias=True),
         "action": episode.action.model_dump(mode="json", by_alias=True) if episode.action else None,
         "messages": [m.model_dump(mode="json", by_alias=True) for m in episode.messages or []],
         "result": episode.result,
     }
-    if episode.session_id is None and episode.turn is None:
-        # Without session and turn, two identical queries at different times are different episodes.
+    if episode.turn is None and episode._timestamp_given:
         content["timestamp"] = episode.timestamp.isoformat()
-    # Round-trip through JSON first: Python callers may use non-string keys (JSON turns them into
-    # strings), and sort_keys cannot order mixed key types.
-    canonical = json.loads(json.dumps(content, ensure_ascii=False, default=str))
-    digest = hashlib.sha256(
-        json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    ).hexdigest()
-    return f"ep-{digest[:32]}"
+    try:
+        # orjson: the collector derives an id for every episode a capture client sends (clients send
+        # none), and json.dumps twice was most of an episode's cost there
+        text = orjson.dumps(content, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
+    except TypeError:  # integers over 64 bits, keys of mixed types: the slower, more lenient way
+        # Round-trip through JSON first: non-string keys become strings, and sort_keys cannot
+        # order mixed key types.
+        canonical = json.loads(json.dumps(content, ensure_ascii=False, default=str))
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return f"ep-{hashlib.sha256(text).hexdigest()[:32]}"
 
 
 def parse_episode(data: Mapping[str, Any]) -> Episode:

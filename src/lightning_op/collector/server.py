@@ -573,6 +573,20 @@ def parse_body(body: bytes, content_type: str, max_items: int) -> ParsedBatch:
     return validate_items(decode_items(body, content_type, max_items))
 
 
+def ids_from_stored_content(parsed: ParsedBatch, redactor: redaction.Redactor) -> ParsedBatch:
+    """An episode sent without an id gets one derived from what the store keeps, its redacted
+    content: derived from the content as sent, the id would fingerprint what redaction removes (a
+    redacted phone number is found again from the hash in milliseconds). Deterministic still, so a
+    resent batch maps to the same ids."""
+    for index, item in enumerate(parsed.items):
+        if isinstance(item, ep.Episode) and item.id_derived:
+            clean = redactor.mark_redacted(item)  # so the store does not scan it a second time
+            if clean.redactions != item.redactions:
+                clean.id = ep.deterministic_id(clean)
+            parsed.items[index] = clean
+    return parsed
+
+
 _STATE: web.AppKey[Collector] = web.AppKey("lightning_collector")
 
 
@@ -586,6 +600,7 @@ class Collector:
         self.metrics = CollectorMetrics()
         self.metrics.queue_capacity.set(config.queue_size)
         redactor = redaction.Redactor(builtins=config.redact_builtins, patterns=config.redact_patterns)
+        self.redactor = redactor
         factory = store_factory or (lambda: store_mod.open_store(config.store_url, redaction=redactor))
         self.writer = StoreWriter(
             factory,
@@ -673,9 +688,11 @@ class Collector:
         self.requests += 1
         limit, max_items = self.config.max_body_bytes, self.config.max_items
 
+        redactor = self.redactor
+
         def parse() -> ParsedBatch:
             raw = gunzip_limited(body, limit) if encoding in ("gzip", "x-gzip") else body
-            return parse_body(raw, content_type, max_items)
+            return ids_from_stored_content(parse_body(raw, content_type, max_items), redactor)
 
         if len(body) <= _INLINE_PARSE_BYTES and encoding in ("identity", ""):
             parsed = parse()

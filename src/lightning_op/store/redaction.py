@@ -910,6 +910,8 @@ class Redactor:
     def redacted_episode(self, episode: ep.Episode) -> ep.Episode:
         """Like ``redact_episode``, but ``episode`` itself (no copy) when nothing was replaced: for a
         caller that only serialises the result, such as a store's insert."""
+        if episode._redacted_by is self:
+            return episode  # marked by its owner as this redactor's output (``mark_redacted``)
         run = self._pass_for(_episode_strings(episode))
         if run is None:
             return episode
@@ -921,3 +923,12 @@ class Redactor:
             totals[kind] = totals.get(kind, 0) + n
         update["redactions"] = totals
         return episode.model_copy(update=update)
+
+    def mark_redacted(self, episode: ep.Episode) -> ep.Episode:
+        """``episode`` redacted, as a copy marked so that this redactor does not scan it again (the
+        collector redacts before deriving an id, then its store would redact once more). Only for
+        an owner that changes the copy no further: a marked episode is written as it is."""
+        clean = self.redacted_episode(episode)
+        marked = episode.model_copy() if clean is episode else clean
+        marked._redacted_by = self
+        return marked
