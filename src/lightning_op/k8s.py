@@ -57,6 +57,12 @@ def _reason(exc: ApiException) -> str:
         return str(exc.reason)
 
 
+#: (connect, read) seconds for every request, as kopf's own client has (``controllers.common``): a
+#: connection that never answers would otherwise hold the handler, and a worker thread, forever;
+#: a timeout is ``Unavailable`` and retried
+REQUEST_TIMEOUT = (10.0, 60.0)
+
+
 def _call(what: str, func: Callable[[], T]) -> T:
     try:
         return func()
@@ -94,8 +100,9 @@ def load_api_client(server: str | None = None) -> client.ApiClient:
 class Cluster:
     """Typed entry points over one ApiClient; every method returns plain dicts."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
         self.api_client = api_client
+        self.timeout = timeout
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
@@ -115,7 +122,7 @@ class Cluster:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api_client.call_api(*request)
+        response = self.api_client.call_api(*request, _request_timeout=self.timeout)
         response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=None, data=None)
@@ -128,7 +135,9 @@ class Cluster:
             return _json(
                 _call(
                     f"get Deployment {namespace}/{name}",
-                    lambda: self.apps.read_namespaced_deployment(name, namespace, _preload_content=False),
+                    lambda: self.apps.read_namespaced_deployment(
+                        name, namespace, _preload_content=False, _request_timeout=self.timeout
+                    ),
                 )
             )
         except NotFound:
@@ -139,7 +148,12 @@ class Cluster:
             _call(
                 f"patch Deployment {namespace}/{name}",
                 lambda: self.apps.patch_namespaced_deployment(
-                    name, namespace, ops, field_manager=constants.FIELD_MANAGER, _preload_content=False
+                    name,
+                    namespace,
+                    ops,
+                    field_manager=constants.FIELD_MANAGER,
+                    _preload_content=False,
+                    _request_timeout=self.timeout,
                 ),
             )
         )
@@ -151,7 +165,9 @@ class Cluster:
             return _json(
                 _call(
                     f"get Job {namespace}/{name}",
-                    lambda: self.batch.read_namespaced_job(name, namespace, _preload_content=False),
+                    lambda: self.batch.read_namespaced_job(
+                        name, namespace, _preload_content=False, _request_timeout=self.timeout
+                    ),
                 )
             )
         except NotFound:
@@ -178,7 +194,11 @@ class Cluster:
             _call(
                 f"delete Job {namespace}/{name}",
                 lambda: self.batch.delete_namespaced_job(
-                    name, namespace, propagation_policy="Background", _preload_content=False
+                    name,
+                    namespace,
+                    propagation_policy="Background",
+                    _preload_content=False,
+                    _request_timeout=self.timeout,
                 ),
             )
             return True
@@ -191,7 +211,12 @@ class Cluster:
             _call(
                 f"patch Job {namespace}/{name}",
                 lambda: self.batch.patch_namespaced_job(
-                    name, namespace, patch, field_manager=constants.FIELD_MANAGER, _preload_content=False
+                    name,
+                    namespace,
+                    patch,
+                    field_manager=constants.FIELD_MANAGER,
+                    _preload_content=False,
+                    _request_timeout=self.timeout,
                 ),
             )
         )
@@ -201,7 +226,10 @@ class Cluster:
             _call(
                 f"list Pods of Job {namespace}/{job_name}",
                 lambda: self.core.list_namespaced_pod(
-                    namespace, label_selector=f"job-name={job_name}", _preload_content=False
+                    namespace,
+                    label_selector=f"job-name={job_name}",
+                    _preload_content=False,
+                    _request_timeout=self.timeout,
                 ),
             )
         )
@@ -214,7 +242,12 @@ class Cluster:
         response = _call(
             f"read log of Pod {namespace}/{pod}",
             lambda: self.core.read_namespaced_pod_log(
-                pod, namespace, container=container, tail_lines=lines, _preload_content=False
+                pod,
+                namespace,
+                container=container,
+                tail_lines=lines,
+                _preload_content=False,
+                _request_timeout=self.timeout,
             ),
         )
         # With _preload_content=False the client returns the raw urllib3 response, not a str.
@@ -229,7 +262,13 @@ class Cluster:
                 _call(
                     f"get {plural} {namespace}/{name}",
                     lambda: self.custom.get_namespaced_custom_object(
-                        constants.GROUP, constants.VERSION, namespace, plural, name, _preload_content=False
+                        constants.GROUP,
+                        constants.VERSION,
+                        namespace,
+                        plural,
+                        name,
+                        _preload_content=False,
+                        _request_timeout=self.timeout,
                     ),
                 )
             )
@@ -252,6 +291,7 @@ class Cluster:
                     {"status": status},
                     field_manager=constants.FIELD_MANAGER,
                     _preload_content=False,
+                    _request_timeout=self.timeout,
                 ),
             )
         )
@@ -263,7 +303,9 @@ class Cluster:
         data = _json(
             _call(
                 f"get Secret {namespace}/{name}",
-                lambda: self.core.read_namespaced_secret(name, namespace, _preload_content=False),
+                lambda: self.core.read_namespaced_secret(
+                    name, namespace, _preload_content=False, _request_timeout=self.timeout
+                ),
             )
         )
         encoded = (data.get("data") or {}).get(key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -63,3 +64,20 @@ async def test_an_unreachable_api_server_is_unavailable() -> None:
     cluster = k8s.Cluster(client)
     with pytest.raises(k8s.Unavailable, match="create Job test/ftj-r1"):
         await asyncio.to_thread(cluster.create_or_adopt_job, NAMESPACE, _job("ftj-r1"))
+
+
+async def test_an_api_server_that_never_answers_is_unavailable_after_the_timeout() -> None:
+    """A connection that is accepted and never answered (a hung API server, a dead load balancer)
+    ends in ``Unavailable``, retried by the controllers, instead of holding a worker thread forever."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = k8s.load_api_client(f"http://127.0.0.1:{port}")
+        client.configuration.retries = 0
+        cluster = k8s.Cluster(client, timeout=(1.0, 1.0))
+        started = time.monotonic()
+        with pytest.raises(k8s.Unavailable, match="get Deployment test/agent"):
+            await asyncio.to_thread(cluster.get_deployment, NAMESPACE, "agent")
+        assert time.monotonic() - started < 5
+    assert k8s.Cluster(client).timeout == k8s.REQUEST_TIMEOUT
