@@ -5,8 +5,9 @@ sample test (records with episode, score and reason), labeling (every selected e
 store by the grader), the dry run's statistics, verdict and diagnosis (GO for data with spread, NO-GO
 for all-perfect scores, with the diagnosis saying why), an Event per phase change whose reason is the
 verdict; an agent with no episodes yet waits in Pending (``NoEpisodes``) and completes once episodes
-arrive; Continuous mode records when the next run starts; and an unchanged Completed object costs no
-write calls.
+arrive; Continuous mode records when the next run starts; an unchanged Completed object costs no
+write calls, nor does a restarted operator; each stage counts as a reconcile in the metrics, the
+phase gauge counts settled objects after a restart and drops a deleted one.
 """
 
 from __future__ import annotations
@@ -82,8 +83,36 @@ async def test_labeling_runs_to_a_verdict(api: Any, operator_process: Any, store
     mark = api.mark()
     await asyncio.sleep(1.0)
     assert api.writes_since(mark) == []
+    metrics = await operator_process.metrics()
+    for stage in ("sample_test", "label_and_dry_run"):  # each stage counts as a reconcile
+        assert (
+            f'lightning_op_reconciles_total{{handler="{stage}",kind="RewardLabeling",outcome="ok"}}'
+            in metrics
+        )
+    assert 'lightning_op_objects{kind="RewardLabeling",phase="Completed"} 3.0' in metrics
 
-    # a restarted operator resumes every daemon (Once and Continuous) at its settled stage: no write
+    # a restarted operator resumes every daemon (Once and Continuous) at its settled stage: no write,
+    # and the objects it found settled are counted by phase again
     await operator_process.restart()
     await asyncio.sleep(1.5)  # several labeling polls of every resumed daemon
     assert api.writes_since(mark) == []
+    assert (
+        'lightning_op_objects{kind="RewardLabeling",phase="Completed"} 3.0'
+        in await operator_process.metrics()
+    )
+
+    # a deleted one leaves the gauge
+    await api.delete("RewardLabeling", "rl-go")
+    await api.wait_for(lambda: _gone(api, "rl-go"), what="rl-go deleted")
+
+    async def uncounted() -> bool:
+        return (
+            'lightning_op_objects{kind="RewardLabeling",phase="Completed"} 2.0'
+            in await operator_process.metrics()
+        )
+
+    await api.wait_for(uncounted, what="rl-go out of the phase gauge")
+
+
+async def _gone(api: Any, name: str) -> bool:
+    return await api.get("RewardLabeling", name) is None

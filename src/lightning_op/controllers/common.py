@@ -448,6 +448,10 @@ class StatusWriter:
         self.kind = kind
         self.plural = kinds.kind_info(kind).plural
         self.current: dict[str, Any] = dict(body.get("status") or {})
+        phase = self.current.get("phase")
+        if phase:
+            # a restarted operator counts the objects it finds settled (they write nothing more)
+            rt.metrics.observe_phase(kind, str(body.meta.namespace), str(body.meta.name), str(phase))
 
     def view(self, generation: int | None) -> kopf.Body:
         """The object with the status we wrote last, at ``generation``: the one the daemon worked on,

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +38,7 @@ from lightning_op.api.common import FieldProblem, SpecError
 from lightning_op.controllers import common
 from lightning_op.pipeline import labeling as labeling_pipeline
 from lightning_op.pipeline import labeling_flow as lflow
+from lightning_op.store import base as store_base
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +51,24 @@ POLL_SECONDS = common.env_seconds(ENV_POLL, 5.0)
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=2.0)
-@common.instrumented(KIND)
 async def run_labeling(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """The daemon lives as long as the object: its stages are what the reconcile metrics count
+    (``_stage``), and its end on delete takes the object out of the phase gauge."""
     rt = common.runtime(memo)
     writer = common.StatusWriter(rt, body, KIND)
+    try:
+        await _stages_until_stopped(rt, writer, body, stopped)
+    except (k8s.Unavailable, store_base.StoreUnavailableError) as exc:
+        raise kopf.TemporaryError(str(exc), delay=rt.config.retry_delay) from exc
+    finally:
+        reason = stopped.reason
+        if reason is not None and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+            rt.metrics.observe_phase(KIND, str(body.meta.namespace), str(body.meta.name), None)
+
+
+async def _stages_until_stopped(
+    rt: common.Runtime, writer: common.StatusWriter, body: kopf.Body, stopped: kopf.DaemonStopped
+) -> None:
     while not stopped:
         generation = body.meta.get("generation")
         try:
@@ -103,16 +120,36 @@ async def _run(
             await _wait_until(body, generation, stopped, point.next_run)
             continue
         if point.stage == lflow.Stage.SAMPLE:
-            result = await labeling_pipeline.sample_test(
-                rt.store, grader, agent, spec.sample_test.size, concurrency=spec.concurrency
-            )
-            report = lflow.sample_report(spec, result, generation)
-            await _report(writer, report, generation)
+            with _stage(rt, "sample_test"):
+                result = await labeling_pipeline.sample_test(
+                    rt.store, grader, agent, spec.sample_test.size, concurrency=spec.concurrency
+                )
+                report = lflow.sample_report(spec, result, generation)
+                await _report(writer, report, generation)
             if report.phase == rl.LabelingPhase.PENDING:
                 retry = _seconds_from_now(max(rt.config.retry_delay, POLL_SECONDS))
                 await _wait_until(body, generation, stopped, retry)
             continue
-        await _label_and_dry_run(rt, writer, spec, grader, generation)
+        with _stage(rt, "label_and_dry_run"):
+            await _label_and_dry_run(rt, writer, spec, grader, generation)
+
+
+@contextlib.contextmanager
+def _stage(rt: common.Runtime, name: str) -> Iterator[None]:
+    """Count and time one stage as a reconcile of the kind (handler ``name``)."""
+    started = time.monotonic()
+    outcome = "error"
+    try:
+        yield
+        outcome = "ok"
+    except (k8s.Unavailable, store_base.StoreUnavailableError):
+        outcome = "retry"
+        raise
+    except k8s.Invalid:
+        outcome = "failed"
+        raise
+    finally:
+        rt.metrics.observe_reconcile(KIND, name, outcome, time.monotonic() - started)
 
 
 async def _label_and_dry_run(
