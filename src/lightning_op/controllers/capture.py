@@ -141,11 +141,16 @@ async def remove_capture(
         logger.info("capture env not removed, nothing to remove from: %s", exc)
 
 
-@kopf.timer(*RESOURCE, interval=SYNC_SECONDS)
+def _reconciled(body: kopf.Body, **_: Any) -> bool:
+    """The timer's filter: not before the create handler reconciled the object, nor while it failed
+    for this spec (the handlers report those); such ticks would only be counted and logged."""
+    return bool((body.get("status") or {}).get("phase")) and not common.failed_for_generation(body)
+
+
+@kopf.timer(*RESOURCE, interval=SYNC_SECONDS, when=_reconciled)
+@common.quiet_success
 @common.instrumented(KIND)
 async def sync_capture_figures(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    if not (body.get("status") or {}).get("phase") or common.failed_for_generation(body):
-        return  # not reconciled yet, or failed for this spec: the handlers report those
     try:
         spec = capture.parse_spec(body)
     except SpecError:

@@ -190,8 +190,9 @@ async def run_sync(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 
 class _QuietHandlers(logging.Filter):
-    """Drops kopf's "Handler 'X' succeeded." line for the handlers named in ``quiet``: watch-event
-    handlers that only wake a daemon run on every event and would fill the log."""
+    """Drops kopf's "Handler 'X' succeeded." (or "Timer 'X' succeeded.") line for the handlers named
+    in ``quiet``: watch-event handlers that only wake a daemon run on every event, timers on every
+    tick of every object, and would fill the log."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -200,7 +201,11 @@ class _QuietHandlers(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.quiet or not isinstance(record.msg, str) or not record.msg.endswith("' succeeded."):
             return True
-        return not any(record.msg == f"Handler {name!r} succeeded." for name in self.quiet)
+        return not any(
+            record.msg == f"{what} {name!r} succeeded."
+            for name in self.quiet
+            for what in ("Handler", "Timer")
+        )
 
 
 _QUIET = _QuietHandlers()

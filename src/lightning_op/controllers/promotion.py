@@ -320,13 +320,25 @@ async def _advance(step: Step) -> None:
 # ----------------------------------------------------------------------------------------- handler
 
 
-@kopf.timer(*RESOURCE, interval=POLL_SECONDS)
+def _unsettled(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+    """The timer's filter: a settled promotion is not ticked at all (no call, no log line, no
+    reconcile counted, every poll interval for ever); a spec change makes a failed one unsettled.
+    As no handler runs for it, this keeps it in the phase gauge (after an operator restart too)."""
+    if not _settled(body):
+        return True
+    found = memo.get("runtime")
+    if isinstance(found, common.Runtime):
+        phase = (body.get("status") or {}).get("phase")
+        found.metrics.observe_phase(KIND, str(body.meta.namespace), str(body.meta.name), phase)
+    return False
+
+
+@kopf.timer(*RESOURCE, interval=POLL_SECONDS, when=_unsettled)
+@common.quiet_success
 @common.instrumented(KIND)
 async def drive_promotion(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str | None, **_: Any
 ) -> None:
-    if _settled(body):
-        return
     try:
         spec = promotion.parse_spec(body)
     except SpecError as exc:
