@@ -9,7 +9,8 @@ Covers:
   ``demo: tool-selection accuracy before=X.XX after=Y.YY threshold=0.75 rounds=N``;
 - the agent got better: after > before, both measured in [0, 1], at least one round ran;
 - every step printed its heading as it happened, and the report it names exists with its plots;
-- the workdir holds the store with the agent's episodes, labeled, split by model version.
+- the workdir holds the store with the agent's episodes, labeled, split by model version;
+- SIGTERM stops the demo (exit 143) and the collector and model server it started.
 """
 
 from __future__ import annotations
@@ -73,3 +74,43 @@ def test_demo_improves_the_agent_and_ends_with_the_summary_line(tmp_path: Path) 
     finally:
         store.close()
     assert comparison.before.labeled > 0 and comparison.after.labeled > 0
+
+
+@pytest.mark.timeout(200)
+def test_sigterm_stops_the_demo_and_the_services_it_started(tmp_path: Path) -> None:
+    """A terminated demo (a stopped container, ``kill``) exits 143 and stops its collector and model
+    server, which run in sessions of their own (they were left running, orphaned)."""
+    import signal
+    import socket
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_op.cli", "demo", "--workdir", str(tmp_path / "demo"), "--fast"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    ports, seen = [], []
+    for line in proc.stdout:
+        seen.append(line)
+        ports += [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", line)]
+        if len(ports) == 2:  # the collector's and the model server's, printed by step 2
+            break
+    assert len(ports) == 2, "".join(seen)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "error: terminated" in err
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        still = []
+        for port in ports:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    still.append(port)
+        if not still:
+            break
+        time.sleep(0.5)
+    assert not still, f"services still listening on {still}"

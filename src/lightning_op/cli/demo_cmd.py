@@ -8,6 +8,7 @@ last line the summary DESIGN.md fixes:
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -106,6 +107,9 @@ def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
         soft_wrap=True,
     )
     screen = _Screen()
+    # SIGTERM (a stopped container, ``kill``) unwinds like Ctrl-C, so the collector and model server
+    # the demo started, in sessions of their own, are stopped too rather than left running
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = run.run_demo(settings, screen)
     except run.DemoError as exc:
@@ -114,6 +118,11 @@ def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
     except KeyboardInterrupt:
         screen.close()
         _common.fail("interrupted", code=130)
+    except _Terminated:
+        screen.close()
+        _common.fail("terminated", code=143)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     screen.close()
     console.print("\n[bold]Before / after[/bold]")
     rows = [
@@ -153,3 +162,11 @@ def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
     )
     console.print(f"finished in {result.seconds:.0f}s", highlight=False)
     click.echo(result.summary_line())
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwinds the demo (its ``finally`` blocks stop what it started)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated()
