@@ -22,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -262,6 +263,31 @@ def test_sampling_keeps_or_drops_whole_sessions(collector: CollectorProcess, sto
     assert stats["recorded"] == 5 * len(per_session)
     assert stats["recorded"] + stats["sampled_out"] == 200
     assert stats["accepted"] == stats["recorded"]
+
+
+def test_the_decorator_keeps_whole_sessions_named_by_a_uuid(
+    collector: CollectorProcess, store_url: str
+) -> None:
+    """A session argument that is not a string (a UUID, a number) still names the session: its calls
+    are sampled together and stored with the session id (it was dropped: sessions came out split)."""
+    recorder = capture.EpisodeRecorder(collector.url, "uuid-bot", sampling_rate=0.5, flush_interval=0.05)
+
+    @recorder.capture
+    def lookup(query: str, session_id: uuid.UUID) -> str:
+        return query.upper()
+
+    sessions = [uuid.UUID(int=n) for n in range(30)]
+    for session in sessions:
+        for turn in range(4):
+            lookup(f"question {turn}", session)
+    assert recorder.flush(10)
+    recorder.close()
+
+    per_session: dict[str | None, int] = {}
+    for episode in stored(store_url, "uuid-bot"):
+        per_session[episode.session_id] = per_session.get(episode.session_id, 0) + 1
+    assert set(per_session) <= {str(s) for s in sessions}, "stored with the session id"
+    assert set(per_session.values()) == {4}, "each session kept or dropped whole"
 
 
 def test_gzip_batches_and_exceptions_in_the_with_block(collector: CollectorProcess, store_url: str) -> None:

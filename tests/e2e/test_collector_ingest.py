@@ -182,6 +182,21 @@ def test_json_lines_sent_as_json_keep_the_good_lines_and_name_the_bad_one(
     assert len(stored(store_url, "sniff-bad-line")) == 3
 
 
+def test_json_lines_sent_as_json_with_a_cut_first_line_keep_the_rest(
+    http: httpx.Client, store_url: str
+) -> None:
+    """A first line cut short (a truncated log line) no longer loses the whole body to one 400."""
+    good = [json.dumps(good_episode(n, agent="sniff-cut-first")) for n in range(2)]
+    body = "\n".join(['{"agentId": "sniff-cut-first", "state": {"que', *good]).encode()
+
+    answer = post(http, body, JSON)
+
+    assert answer.status_code == 200, answer.text
+    assert [r["status"] for r in answer.json()["results"]] == ["rejected", "accepted", "accepted"]
+    assert answer.json()["results"][0]["reason"].startswith("line 1 is not valid JSON")
+    assert len(stored(store_url, "sniff-cut-first")) == 2
+
+
 def test_other_content_types_are_still_refused_with_415(http: httpx.Client) -> None:
     body = json.dumps([good_episode(0, agent="sniff-refused")]).encode()
     for content_type in ("application/xml", "multipart/form-data; boundary=x", "image/png"):
@@ -331,7 +346,7 @@ def malformed_cases(seed: int = 7) -> list[Case]:
         ("no-content-type-not-json", b"<episodes/>", {}),
         ("text-plain-not-json", b"episodes: 3", {"Content-Type": "text/plain"}),
         ("form-not-json", b"agentId=a&turn=0", {"Content-Type": "application/x-www-form-urlencoded"}),
-        ("jsonl-as-json-first-line-bad", b"{oops\n" + json.dumps(good_episode(1)).encode(), JSON),
+        ("two-broken-lines-as-json", b"{oops\n[1, 2", JSON),
         ("xml", b"<episodes/>", {"Content-Type": "application/xml"}),
         ("form", b"agentId=a", {"Content-Type": "application/x-www-form-urlencoded"}),
         ("multipart", good_body, {"Content-Type": "multipart/form-data; boundary=x"}),

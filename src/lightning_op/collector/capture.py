@@ -422,6 +422,9 @@ class EpisodeRecorder:
             else:
                 data = dict(episode)
             session = data.get("sessionId", data.get("session_id"))
+            if session is not None and not isinstance(session, str | bool):
+                session = data["sessionId"] = str(session)  # a UUID or a number names a session too
+                data.pop("session_id", None)
             if not self._keep(session if isinstance(session, str) else None):
                 self._count("sampled_out")
                 return False
@@ -472,7 +475,8 @@ class EpisodeRecorder:
                     session = arguments.get(session_arg)
                     rec = self.record(
                         query if isinstance(query, str) else "",
-                        session_id=session if isinstance(session, str) else None,
+                        # a UUID or a number names a session too: dropped, sampling split sessions
+                        session_id=None if session is None or isinstance(session, bool) else str(session),
                     )
                     rec.action(name, arguments)
                 except Exception:  # the agent must never fail because of capture

@@ -472,7 +472,7 @@ def decode_items(body: bytes, content_type: str, max_items: int) -> list[Any]:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         _check_utf8(body)
-        if not starts_array and _first_line_is_json(body):
+        if not starts_array and _a_line_is_an_object(body):
             return _json_lines(body, max_items)
         raise RequestError(
             400, f"body is not valid JSON: {exc}; send a JSON array of episodes or JSON Lines"
@@ -490,16 +490,17 @@ def decode_items(body: bytes, content_type: str, max_items: int) -> list[Any]:
     return data
 
 
-def _first_line_is_json(body: bytes) -> bool:
-    """Whether the body's first non-blank line is a JSON document of its own: then the body is JSON
-    Lines (one document that spans lines, a pretty-printed object, parses whole before this)."""
+def _a_line_is_an_object(body: bytes) -> bool:
+    """Whether some line of a body that does not parse whole is a JSON object of its own: then it is
+    JSON Lines with bad lines (each rejected by number, the good ones kept), not one broken document.
+    Not only the first line: JSON Lines whose first line is cut must keep the rest."""
     for line in body.split(b"\n"):
         if line.strip():
             try:
-                orjson.loads(line)
+                if isinstance(orjson.loads(line), dict):
+                    return True
             except orjson.JSONDecodeError:
-                return False
-            return True
+                continue
     return False
 
 
