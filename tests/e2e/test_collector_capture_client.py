@@ -510,6 +510,21 @@ def test_retry_after_is_honoured(status: int) -> None:
     assert recorder.stats["accepted"] == 5 and recorder.stats["retries"] == 2
 
 
+def test_waits_the_collector_asks_for_are_not_failed_attempts() -> None:
+    """A collector that answers 503 with Retry-After (its store restarting) more times than
+    max_retries: the batch is still delivered (it was dropped after max_retries)."""
+    busy = (503, {"Retry-After": "0"}, {"error": "store unavailable"})
+    with ScriptedCollector([busy] * 5 + [(200, {}, None)]) as server:
+        recorder = capture.EpisodeRecorder(server.url, "patient-bot", max_retries=2, flush_interval=0.01)
+        for turn in range(3):
+            with recorder.record(query="q", session_id="s", turn=turn):
+                pass
+        assert recorder.flush(10)
+        recorder.close()
+    assert len(server.arrivals) == 6
+    assert recorder.stats["accepted"] == 3 and recorder.stats["failed"] == 0
+
+
 def test_per_item_rejections_are_final(caplog: pytest.LogCaptureFixture) -> None:
     rejected = {
         "accepted": 0,

@@ -203,10 +203,17 @@ class Recording:
 _NOOP = Recording(None, None)
 
 
+#: how long one batch may wait in all when the collector answers 429/503 with Retry-After before
+#: those waits count as failed attempts (a store outage of a few minutes loses nothing)
+MAX_ASKED_WAIT_S = 300.0
+
+
 @dataclasses.dataclass
 class _Batch:
     episodes: list[dict[str, Any]]
     attempts: int = 0
+    #: seconds waited because the collector asked (429/503 with Retry-After)
+    asked_wait: float = 0.0
 
 
 class EpisodeRecorder:
@@ -732,6 +739,11 @@ class EpisodeRecorder:
                     return
                 if status in (429, 503) or status >= 500:
                     delay = _retry_after(response) if status in (429, 503) else None
+                    if delay is not None and batch.asked_wait + delay <= MAX_ASKED_WAIT_S:
+                        # the collector is up and said when to come back (a full queue, a store
+                        # restarting): waiting as asked is not a failed attempt, up to a budget
+                        batch.attempts -= 1
+                        batch.asked_wait += max(1.0, min(delay, _MAX_RETRY_AFTER_S))
                     if delay is None:
                         delay = self._backoff(batch.attempts)
                 else:
