@@ -22,6 +22,7 @@ Talks to ``k8s``, ``store``, ``api`` and ``metrics``; the per-kind modules talk 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import logging
@@ -29,7 +30,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -499,6 +500,28 @@ class StatusWriter:
 # ----------------------------------------------------------------------------------------- handlers
 
 
+@contextlib.contextmanager
+def timed_reconcile(rt: Runtime, kind: str, handler: str) -> Iterator[None]:
+    """Count and time one reconcile of ``kind`` as ``handler``, with its outcome: ``retry`` (the API
+    server or the store unavailable, a ``kopf.TemporaryError``), ``failed`` (refused by the API
+    server, a ``kopf.PermanentError``), ``error`` (anything else raised) or ``ok``."""
+    started = time.monotonic()
+    outcome = "ok"
+    try:
+        yield
+    except (k8s.Unavailable, store_base.StoreUnavailableError, kopf.TemporaryError):
+        outcome = "retry"
+        raise
+    except (k8s.Invalid, kopf.PermanentError):
+        outcome = "failed"
+        raise
+    except Exception:
+        outcome = "error"
+        raise
+    finally:
+        rt.metrics.observe_reconcile(kind, handler, outcome, time.monotonic() - started)
+
+
 def instrumented(kind: str) -> Callable[[F], F]:
     """Decorate a kopf handler of ``kind``: count and time it, track the object's phase, map errors.
 
@@ -512,28 +535,16 @@ def instrumented(kind: str) -> Callable[[F], F]:
             rt = runtime(kwargs["memo"])
             body: kopf.Body = kwargs["body"]
             patch: kopf.Patch = kwargs["patch"]
-            started = time.monotonic()
-            outcome = "ok"
             try:
-                return await fn(**kwargs)
-            except (k8s.Unavailable, store_base.StoreUnavailableError) as exc:
-                outcome = "retry"
-                raise kopf.TemporaryError(str(exc), delay=rt.config.retry_delay) from exc
-            except k8s.Invalid as exc:
-                outcome = "failed"
-                set_phase(body, patch, FAILED, "ApiRejected", str(exc))
-                raise kopf.PermanentError(str(exc)) from exc
-            except kopf.TemporaryError:
-                outcome = "retry"
-                raise
-            except kopf.PermanentError:
-                outcome = "failed"
-                raise
-            except Exception:
-                outcome = "error"
-                raise
+                with timed_reconcile(rt, kind, fn.__name__):
+                    try:
+                        return await fn(**kwargs)
+                    except (k8s.Unavailable, store_base.StoreUnavailableError) as exc:
+                        raise kopf.TemporaryError(str(exc), delay=rt.config.retry_delay) from exc
+                    except k8s.Invalid as exc:
+                        set_phase(body, patch, FAILED, "ApiRejected", str(exc))
+                        raise kopf.PermanentError(str(exc)) from exc
             finally:
-                rt.metrics.observe_reconcile(kind, fn.__name__, outcome, time.monotonic() - started)
                 meta = body.get("metadata") or {}
                 deleted = str(kwargs.get("reason") or "") == "delete"
                 phase = None if deleted else current_status(body, patch).get("phase")

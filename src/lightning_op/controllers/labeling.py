@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,7 +51,7 @@ POLL_SECONDS = common.env_seconds(ENV_POLL, 5.0)
 @kopf.daemon(*RESOURCE, cancellation_timeout=2.0)
 async def run_labeling(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
     """The daemon lives as long as the object: its stages are what the reconcile metrics count
-    (``_stage``), and its end on delete takes the object out of the phase gauge."""
+    (``common.timed_reconcile``), and its end on delete takes the object out of the phase gauge."""
     rt = common.runtime(memo)
     writer = common.StatusWriter(rt, body, KIND)
     try:
@@ -120,7 +118,7 @@ async def _run(
             await _wait_until(body, generation, stopped, point.next_run)
             continue
         if point.stage == lflow.Stage.SAMPLE:
-            with _stage(rt, "sample_test"):
+            with common.timed_reconcile(rt, KIND, "sample_test"):
                 result = await labeling_pipeline.sample_test(
                     rt.store, grader, agent, spec.sample_test.size, concurrency=spec.concurrency
                 )
@@ -130,26 +128,8 @@ async def _run(
                 retry = _seconds_from_now(max(rt.config.retry_delay, POLL_SECONDS))
                 await _wait_until(body, generation, stopped, retry)
             continue
-        with _stage(rt, "label_and_dry_run"):
+        with common.timed_reconcile(rt, KIND, "label_and_dry_run"):
             await _label_and_dry_run(rt, writer, spec, grader, generation)
-
-
-@contextlib.contextmanager
-def _stage(rt: common.Runtime, name: str) -> Iterator[None]:
-    """Count and time one stage as a reconcile of the kind (handler ``name``)."""
-    started = time.monotonic()
-    outcome = "error"
-    try:
-        yield
-        outcome = "ok"
-    except (k8s.Unavailable, store_base.StoreUnavailableError):
-        outcome = "retry"
-        raise
-    except k8s.Invalid:
-        outcome = "failed"
-        raise
-    finally:
-        rt.metrics.observe_reconcile(KIND, name, outcome, time.monotonic() - started)
 
 
 async def _label_and_dry_run(
