@@ -117,6 +117,14 @@ def redactor_from_env(environ: Mapping[str, str]) -> redaction.Redactor | None:
         raise ValueError(f"{names}: {exc}") from None
 
 
+def _session_name(value: Any) -> str | None:
+    """A session as the agent gave it: a string, or a UUID or number that names one too (dropped,
+    sampling would split the session and its episodes would carry none)."""
+    if value is None or isinstance(value, bool):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
 def _endpoint(url: str) -> str:
     """Accept the collector's base URL or the full endpoint."""
     url = url.strip().rstrip("/")
@@ -202,6 +210,9 @@ class Recording:
 
 _NOOP = Recording(None, None)
 
+
+#: the id an episode sent without one carries through validation, then leaves behind
+_UNSENT_ID = "unsent"
 
 #: how long one batch may wait in all when the collector answers 429/503 with Retry-After before
 #: those waits count as failed attempts (a store outage of a few minutes loses nothing)
@@ -428,11 +439,11 @@ class EpisodeRecorder:
                 data = episode.to_json_dict()
             else:
                 data = dict(episode)
-            session = data.get("sessionId", data.get("session_id"))
-            if session is not None and not isinstance(session, str | bool):
-                session = data["sessionId"] = str(session)  # a UUID or a number names a session too
-                data.pop("session_id", None)
-            if not self._keep(session if isinstance(session, str) else None):
+            key = "sessionId" if "sessionId" in data else "session_id"
+            session = _session_name(data.get(key))
+            if session is not None:
+                data[key] = session
+            if not self._keep(session):
                 self._count("sampled_out")
                 return False
             if "agentId" not in data and "agent_id" not in data:
@@ -482,8 +493,7 @@ class EpisodeRecorder:
                     session = arguments.get(session_arg)
                     rec = self.record(
                         query if isinstance(query, str) else "",
-                        # a UUID or a number names a session too: dropped, sampling split sessions
-                        session_id=None if session is None or isinstance(session, bool) else str(session),
+                        session_id=_session_name(session),
                     )
                     rec.action(name, arguments)
                 except Exception:  # the agent must never fail because of capture
@@ -662,6 +672,12 @@ class EpisodeRecorder:
     def _validate(self, data: dict[str, Any]) -> dict[str, Any] | None:
         if isinstance(data.get("timestamp"), float):
             data["timestamp"] = datetime.fromtimestamp(data["timestamp"], UTC)
+        # An episode without an id is sent without one: the collector derives it from the content it
+        # stores (redacted); derived here from the content before the collector's redaction it would
+        # fingerprint what that removes. A placeholder spares validation the hashing.
+        unnamed = not data.get("id")
+        if unnamed:
+            data["id"] = _UNSENT_ID
         try:
             try:
                 episode = ep.Episode.model_validate(data)
@@ -691,11 +707,8 @@ class EpisodeRecorder:
         except (ValueError, TypeError, RecursionError) as exc:
             self._drop_invalid(exc)
             return None
-        if episode.id_derived:
-            # the collector derives it from the content it stores (redacted): an id derived here
-            # from the content before the collector's redaction would fingerprint what it removes;
-            # a resent batch carries the same content and timestamp, so it still gets the same id
-            data.pop("id", None)
+        if unnamed:
+            del data["id"]  # a resent batch carries the same content and timestamp: the same id
         return data
 
     def _drop_invalid(self, exc: Exception) -> None:
