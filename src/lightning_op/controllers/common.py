@@ -176,10 +176,17 @@ class Runtime:
 
 def runtime(memo: kopf.Memo) -> Runtime:
     """The ``Runtime`` that ``configure`` put in the memo."""
-    found = memo.get("runtime")
-    if not isinstance(found, Runtime):
+    found = runtime_if_ready(memo)
+    if found is None:
         raise kopf.TemporaryError("the operator is not configured yet (startup did not finish)", delay=5)
     return found
+
+
+def runtime_if_ready(memo: kopf.Memo) -> Runtime | None:
+    """The ``Runtime``, or None before startup finished: for filters and watch-event handlers, which
+    have nothing to do (and no retry) then."""
+    found = memo.get("runtime")
+    return found if isinstance(found, Runtime) else None
 
 
 async def run_sync(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -286,8 +293,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    found = memo.get("runtime")
-    if isinstance(found, Runtime):
+    found = runtime_if_ready(memo)
+    if found is not None:
         await run_sync(found.store.close)
 
 

@@ -111,18 +111,16 @@ async def reconcile_finetune(body: kopf.Body, memo: kopf.Memo, stopped: kopf.Dae
 
 def _new_generation(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
     """A filter, so that kopf invokes no handler for the events of our own status writes (most)."""
-    found = memo.get("runtime")
-    return isinstance(found, common.Runtime) and found.wakers.wants(
-        str(body.meta.uid), body.meta.get("generation")
-    )
+    found = common.runtime_if_ready(memo)
+    return found is not None and found.wakers.wants(str(body.meta.uid), body.meta.get("generation"))
 
 
 @kopf.on.event(*RESOURCE, when=_new_generation)
 @common.quiet_success
 async def wake_on_spec_change(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A new generation (spec edit, ``suspend``) wakes the object's daemon; our status writes do not."""
-    found = memo.get("runtime")
-    if isinstance(found, common.Runtime):
+    found = common.runtime_if_ready(memo)
+    if found is not None:
         found.wakers.wake(str(body.meta.uid), body.meta.get("generation"))
 
 
@@ -131,8 +129,8 @@ async def wake_on_spec_change(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
 async def wake_on_trainer_job(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     """A trainer Job that changed (started, finished, suspended, gone) wakes its FineTuneJob's daemon.
     Its creation does not: the daemon that created it has nothing to do until it runs."""
-    found = memo.get("runtime")
-    if isinstance(found, common.Runtime):
+    found = common.runtime_if_ready(memo)
+    if found is not None:
         remember_job(found.finished_jobs, body, type)
         if type != "ADDED":
             found.wakers.wake(body.meta.labels.get(trainer_job.LABEL_FINETUNEJOB_UID))

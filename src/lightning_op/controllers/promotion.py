@@ -326,8 +326,8 @@ def _unsettled(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
     As no handler runs for it, this keeps it in the phase gauge (after an operator restart too)."""
     if not _settled(body):
         return True
-    found = memo.get("runtime")
-    if isinstance(found, common.Runtime):
+    found = common.runtime_if_ready(memo)
+    if found is not None:
         phase = (body.get("status") or {}).get("phase")
         found.metrics.observe_phase(KIND, str(body.meta.namespace), str(body.meta.name), phase)
     return False
