@@ -206,8 +206,8 @@ class Episode(_Model):
     redactions: dict[Annotated[str, Field(max_length=64)], int] = Field(default_factory=dict)
     # Store-managed revision for optimistic concurrency on label updates; 0 before the first write.
     revision: Annotated[int, Field(ge=0)] = 0
-    #: whether ``id`` was derived here (``deterministic_id``) rather than given: such an id is derived
-    #: again from the redacted content (``store.redaction``), so it never fingerprints what was removed
+    #: whether ``id`` was derived here (``deterministic_id``) rather than given: the collector derives
+    #: such an id again from the redacted content, so it never fingerprints what redaction removed
     _id_derived: bool = PrivateAttr(default=False)
     #: whether the sender gave the timestamp (not defaulted to the time of parsing)
     _timestamp_given: bool = PrivateAttr(default=False)

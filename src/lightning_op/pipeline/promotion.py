@@ -154,10 +154,7 @@ def default_versions(
     latest = latest_promotion(store, agent_id=agent_id)
     if latest is not None and latest.get("previousModel") and latest.get("promotedModel"):
         return str(latest["previousModel"]), str(latest["promotedModel"])
-    seen = sorted(
-        (s for s in stats.values() if s.model_version != UNKNOWN_VERSION),
-        key=lambda s: s.last or datetime.min.replace(tzinfo=UTC),
-    )
+    seen = _by_last_seen(stats)
     if len(seen) < 2:
         names = ", ".join(s.model_version for s in stats.values()) or "none"
         raise ValueError(
@@ -202,10 +199,17 @@ def verification_comparison(
     the model that served just before the promotion."""
     stats = version_stats(store, agent_id, since)
     if previous is None:
-        others = [s for s in stats.values() if s.model_version not in (promoted, UNKNOWN_VERSION)]
-        latest = max(others, key=lambda s: s.last or datetime.min.replace(tzinfo=UTC), default=None)
-        previous = latest.model_version if latest is not None else UNKNOWN_VERSION
+        others = _by_last_seen(stats, besides=promoted)
+        previous = others[-1].model_version if others else UNKNOWN_VERSION
     return _comparison(agent_id, stats, previous, promoted, since)
+
+
+def _by_last_seen(stats: Mapping[str, VersionStats], besides: str | None = None) -> list[VersionStats]:
+    """The named versions (not ``UNKNOWN_VERSION``, not ``besides``), the one seen last at the end."""
+    return sorted(
+        (s for s in stats.values() if s.model_version not in (UNKNOWN_VERSION, besides)),
+        key=lambda s: s.last or datetime.min.replace(tzinfo=UTC),
+    )
 
 
 def _comparison(
