@@ -88,25 +88,40 @@ AGENT_SCRIPT = textwrap.dedent(
 )
 
 
+def run_agent(
+    collector: CollectorProcess, tmp_path: Path, script: str, agent: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` as an agent process with the capture env an EpisodeCapture sets (plus ``env``)."""
+    capture_env = {
+        "ENABLE_EPISODE_CAPTURE": "true",
+        "EPISODE_COLLECTOR_URL": collector.url,
+        "EPISODE_AGENT_ID": agent,
+        "EPISODE_SAMPLING_RATE": "1",
+        **env,
+    }
+    (tmp_path / "agent.py").write_text(script)
+    return subprocess.run(
+        [sys.executable, str(tmp_path / "agent.py")],
+        env={**collector.env, **capture_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_an_agent_configured_by_env_delivers_every_episode_at_exit(
     collector: CollectorProcess, store_url: str, tmp_path: Path
 ) -> None:
-    env = {
-        "ENABLE_EPISODE_CAPTURE": "true",
-        "EPISODE_COLLECTOR_URL": collector.url,
-        "EPISODE_AGENT_ID": "shop-bot",
-        "EPISODE_SAMPLING_RATE": "1",
-        "USE_TUNED_MODEL": "true",
-        "TUNED_MODEL_NAME": "shop-tuned-v2",
-        "MODEL_NAME": "shop-base",
-    }
-    (tmp_path / "agent.py").write_text(AGENT_SCRIPT)
-
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, str(tmp_path / "agent.py")], env={**collector.env, **env}, capture_output=True,
-        text=True, timeout=60,
-    )  # fmt: skip
+    done = run_agent(
+        collector,
+        tmp_path,
+        AGENT_SCRIPT,
+        "shop-bot",
+        USE_TUNED_MODEL="true",
+        TUNED_MODEL_NAME="shop-tuned-v2",
+        MODEL_NAME="shop-base",
+    )
 
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 20
@@ -144,18 +159,7 @@ REDACTION_ENV = {
 def test_an_agent_redacts_order_numbers_and_emails_before_they_reach_the_store(
     collector: CollectorProcess, store_url: str, tmp_path: Path
 ) -> None:
-    env = {
-        "ENABLE_EPISODE_CAPTURE": "true",
-        "EPISODE_COLLECTOR_URL": collector.url,
-        "EPISODE_AGENT_ID": "order-bot",
-        "EPISODE_SAMPLING_RATE": "1",
-        **REDACTION_ENV,
-    }
-    (tmp_path / "agent.py").write_text(REDACTING_AGENT_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(tmp_path / "agent.py")], env={**collector.env, **env}, capture_output=True,
-        text=True, timeout=60,
-    )  # fmt: skip
+    done = run_agent(collector, tmp_path, REDACTING_AGENT_SCRIPT, "order-bot", **REDACTION_ENV)
 
     assert done.returncode == 0, done.stderr
     episodes = {e.session_id: e for e in stored(store_url, "order-bot")}
