@@ -5,7 +5,7 @@ client is synchronous and must never run on kopf's event loop. Objects go in and
 camelCase dicts (the manifests builders' format), read with ``_preload_content=False`` so no client
 model classes sit in between. API errors are mapped to four exceptions the controllers turn into
 kopf's retry policy: ``NotFound``, ``Conflict``, ``Invalid`` (a permanent problem with what we sent)
-and ``Unavailable`` (retry later).
+and ``Unavailable`` (retry later; ``QuotaExceeded``, a create a ResourceQuota refused, is one).
 
 Only this module and ``controllers/`` import the kubernetes client (DESIGN.md).
 """
@@ -49,6 +49,11 @@ class Unavailable(K8sError):
     """The API server could not be reached or answered 5xx/429: retry later."""
 
 
+class QuotaExceeded(Unavailable):
+    """A ResourceQuota of the namespace refused a create (403 "exceeded quota"): the same request
+    succeeds once something it counts is gone (a finished Job deleted, the quota raised)."""
+
+
 def _reason(exc: ApiException) -> str:
     try:
         body = json.loads(exc.body or "{}")
@@ -62,6 +67,11 @@ def _reason(exc: ApiException) -> str:
 #: a timeout is ``Unavailable`` and retried
 REQUEST_TIMEOUT = (10.0, 60.0)
 
+#: what the API server's ResourceQuota admission says in its 403 (``jobs.batch "x" is forbidden:
+#: exceeded quota: NAME, requested: ..., used: ..., limited: ...``), the one 403 that goes away by
+#: itself; Argo Workflows tells it from RBAC's 403 the same way
+_QUOTA_EXCEEDED = "exceeded quota"
+
 
 def _call(what: str, func: Callable[[], T]) -> T:
     try:
@@ -72,6 +82,8 @@ def _call(what: str, func: Callable[[], T]) -> T:
             raise NotFound(message, exc.status) from exc
         if exc.status == 409:
             raise Conflict(message, exc.status) from exc
+        if exc.status == 403 and _QUOTA_EXCEEDED in message:
+            raise QuotaExceeded(message, exc.status) from exc
         if exc.status in (400, 403, 422):
             raise Invalid(message, exc.status) from exc
         raise Unavailable(message, exc.status) from exc

@@ -7,7 +7,8 @@ decayed by ``lrDecay``, progress copied from the pod log, each round's score fro
 JSON line, the result against the baseline example by example, ``fineTunedModel`` = the best round's
 adapter, a Normal Event per phase change; ``MaxRoundsReached`` (Failed, with result and the best round
 recorded); the trainer's and the Job's failure reasons (Diverged, OutOfMemory, DeadlineExceeded,
-BackoffLimitExceeded) as a Warning; a job with no evaluation (one round, Succeeded); an unchanged
+BackoffLimitExceeded) as a Warning; a job with no evaluation (one round, Succeeded); a round's Job
+refused by a full ResourceQuota waits (QuotaExceeded) and runs once the quota has room; an unchanged
 object costs no write calls, nor does a restart against a Succeeded one; and a finished round whose
 trainer wrote its files on the volume costs no reads of its Job, pods or pod log (the watch reported
 the Job, the volume holds the result).
@@ -239,6 +240,48 @@ async def test_without_evaluation_one_round_succeeds(
     obj = await api.wait_for_phase("FineTuneJob", "plain", "Succeeded")
     assert obj["status"]["fineTunedModel"].endswith("/round-1/adapter")
     assert await api.get("Job", "plain-r0") is None
+
+
+async def test_a_full_job_quota_makes_the_round_wait_not_fail(
+    api: Any, ftj_operator: Any, trainer: TrainerDouble
+) -> None:
+    """A ResourceQuota on Jobs answers the round's create with 403 "exceeded quota": the FineTuneJob
+    keeps its phase and says why (Ready False, QuotaExceeded, one Warning Event), retries every
+    retry delay (1 s here) without rewriting its status, and runs once the quota has room."""
+    api.emulator.quota_full["jobs"] = "trainer-jobs"
+    mark = api.mark()
+    await api.create(finetune_manifest("quota", evaluation=False))
+
+    async def waiting() -> dict[str, Any] | None:
+        obj = await api.get("FineTuneJob", "quota")
+        status = (obj or {}).get("status") or {}
+        ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+        return obj if ready.get("reason") == "QuotaExceeded" else None
+
+    obj = await api.wait_for(waiting, timeout=10, what="the QuotaExceeded condition")
+    assert obj["status"]["phase"] == "Training"
+    ready = _condition(obj, "Ready")
+    assert ready["status"] == "False"
+    assert ready["message"].startswith("waiting for quota: create Job test/quota-r1: 403 ")
+    assert "exceeded quota: trainer-jobs" in ready["message"]
+    await asyncio.sleep(1.5)  # the first retry's status drops the dataset's part of the message
+    status_writes = len(api.writes_since(mark, "finetunejobs"))
+    await asyncio.sleep(2.5)
+    refused = [w for w in api.writes_since(mark, "jobs") if w.refused == 403]
+    assert 3 <= len(refused) <= 6, "retried every retry delay, no storm"
+    later = api.writes_since(mark, "finetunejobs")[status_writes:]
+    assert not later, f"the same wait is not rewritten: {[str(w) for w in later]}"
+    warnings = [e for e in await api.events("quota") if e["reason"] == "QuotaExceeded"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+    assert await api.get("Job", "quota-r1") is None
+
+    api.emulator.quota_full.clear()
+    await _job(api, "quota-r1")
+    obj = await api.get("FineTuneJob", "quota")
+    assert obj is not None and obj["status"]["phase"] == "Training"
+    await trainer.succeed("quota", 1, 0.0)
+    obj = await api.wait_for_phase("FineTuneJob", "quota", "Succeeded")
+    assert _condition(obj, "Ready")["status"] == "True"
 
 
 def _reads_of(api: Any, mark: int, job: str) -> list[str]:

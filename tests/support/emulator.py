@@ -89,6 +89,21 @@ def _labels_match(obj: Mapping[str, Any], selector: str | None) -> bool:
     return True
 
 
+def _quota_exceeded(request: rendering.Request, quota: str) -> k8s.KubernetesError:
+    """The 403 a real API server's ResourceQuota admission answers to a create over the limit."""
+    assert request.resource is not None
+    plural, group = str(request.resource.plural), request.resource.group
+    counted = f"count/{plural}.{group}" if group else f"count/{plural}"
+    name = ((request.data or {}).get("metadata") or {}).get("name", "")
+    resource = f"{plural}.{group}" if group else plural
+    return k8s.KubernetesError(
+        status=403,
+        reason="Forbidden",
+        message=f'{resource} "{name}" is forbidden: exceeded quota: {quota}, requested: {counted}=1, '
+        f"used: {counted}=4, limited: {counted}=4",
+    )
+
+
 @attrs.define(kw_only=True)
 class ApiServerEmulator(k8s.KubernetesEmulator):
     _rv: int = attrs.field(default=0, init=False)
@@ -106,6 +121,8 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
     closing: bool = attrs.field(default=False, init=False)
     #: writes refused with 403, as RBAC refuses them: (plural, name, subresource or None)
     forbidden: set[tuple[str, str, str | None]] = attrs.field(factory=set, init=False)
+    #: creates refused with 403 as a full ResourceQuota refuses them: plural -> the quota's name
+    quota_full: dict[str, str] = attrs.field(factory=dict, init=False)
 
     # ---------------------------------------------------------------- writes
 
@@ -239,6 +256,9 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
                         reason="Forbidden",
                         message=f"{request.resource.plural} {request.name}: forbidden",
                     )
+                quota = self.quota_full.get(str(request.resource.plural))
+                if quota is not None and request.action == enums.action.CREATE:
+                    raise _quota_exceeded(request, quota)
                 async with self._lock:
                     await self._apply_write(request)
             except k8s.KubernetesError as exc:

@@ -97,6 +97,7 @@ class Reason(enum.StrEnum):
     DATASET_BUILT = "DatasetBuilt"
     TRAINING = "Training"
     TRAINING_FAILED = "TrainingFailed"
+    QUOTA_EXCEEDED = "QuotaExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     EVALUATING = "Evaluating"
     EVALUATION_PASSED = "EvaluationPassed"

@@ -31,6 +31,11 @@ the FineTuneJob's Jobs with their pods; ownerReferences do the same on a real cl
 just makes it immediate. Files on the model volume (dataset, adapters) stay: an adapter may be
 promoted still.
 
+A round's Job refused by a ResourceQuota (``k8s.QuotaExceeded``) does not fail the FineTuneJob: it
+enters the round's phase with ``Ready`` False, reason ``QuotaExceeded`` (a Warning Event says so
+when the wait begins), and the Job is created on a later tick, every ``LIGHTNING_RETRY_DELAY_SECONDS``,
+once the quota has room.
+
 Talks to ``controllers.common``, ``pipeline.finetune_flow``, ``manifests.trainer_job`` and ``api``.
 """
 
@@ -170,7 +175,12 @@ async def _tick(
             return math.inf
         observed = await _observe(rt, body, spec, status)
         step = flow.decide(spec, status, observed)
-        await _act(rt, body, spec, step)
+        try:
+            await _act(rt, body, spec, step)
+        except k8s.QuotaExceeded as exc:
+            outcome = "retry"
+            await _wait_for_quota(writer, step, observed, exc)
+            return rt.config.retry_delay
         wrote = await _write(writer, step, generation)
         progress = step.status.progress
         rt.metrics.set_training_progress(
@@ -203,6 +213,22 @@ async def _tick(
         return rt.config.retry_delay
     finally:
         rt.metrics.observe_reconcile(KIND, HANDLER, outcome, time.monotonic() - started)
+
+
+async def _wait_for_quota(
+    writer: common.StatusWriter, step: flow.Step, observed: flow.Observed, exc: k8s.QuotaExceeded
+) -> None:
+    """A ResourceQuota refused this round's Job: the status is written as decided (the round
+    planned), with ``Ready`` saying why nothing runs (the quota's name, what is used, the limit) and
+    a Warning Event when the wait begins. The next tick finds the Job missing and creates it again."""
+    body = writer.body
+    log.warning("FineTuneJob %s/%s: %s; retrying", body.meta.namespace, body.meta.name, exc)
+    message = f"waiting for quota: {exc}"
+    before = get_condition(writer.current.get("conditions") or [], ConditionType.READY)
+    flow.wait_for_quota(step, message, observed)
+    wrote = await _write(writer, step, observed.generation)
+    if wrote and (before is None or before.reason != Reason.QUOTA_EXCEEDED):
+        kopf.warn(writer.view(observed.generation), reason=Reason.QUOTA_EXCEEDED, message=message[:1024])
 
 
 def _next_delay(step: flow.Step, observed: flow.Observed, wrote: bool) -> float:

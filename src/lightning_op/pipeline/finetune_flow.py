@@ -629,6 +629,12 @@ def _before_training(spec: ft.FineTuneJobSpec, step: Step, observed: Observed) -
     return _start_round(spec, step, observed, first_message=message)
 
 
+def wait_for_quota(step: Step, message: str, observed: Observed) -> None:
+    """A ResourceQuota refused the Job ``step`` planned: the status stays as decided (a round whose
+    Job is missing is created again on the next tick), with ``Ready`` saying why nothing runs yet."""
+    _condition(step.status, ConditionType.READY, False, Reason.QUOTA_EXCEEDED, message, observed)
+
+
 def dataset_status(stats: dataset_build.DatasetStats, path: str) -> ft.DatasetStatus:
     def fraction(value: float) -> float:
         return min(1.0, max(0.0, round(value, 6)))
