@@ -34,6 +34,7 @@ MAX_TOOL_CALLS = 32
 MAX_LABELS = 64
 MAX_JSON_DEPTH = 16
 MAX_JSON_BYTES = 256 * 1024
+#: one episode as stored (its JSON document, labels included at insert): ``store.sqlite`` refuses more
 MAX_EPISODE_BYTES = 1024 * 1024
 
 

@@ -23,9 +23,9 @@ Contract of ``POST /v1/episodes``:
 
   ``status`` is ``accepted`` (written now), ``duplicate`` (that id is already stored: retries are
   safe) or ``rejected`` (``reason`` names the fields that were wrong, or says the store refused the
-  episode, or that it has none of ``state.query``, ``action`` or ``messages``; resending will not
-  help). The good items of a mixed batch are kept. A response is sent
-  only after its episodes are committed.
+  episode (over ``MAX_EPISODE_BYTES``, 1 MiB, as stored: its size is given), or that it has none of
+  ``state.query``, ``action`` or ``messages``; resending will not help). The good items of a mixed
+  batch are kept. A response is sent only after its episodes are committed.
 - 400: not UTF-8, not JSON, not an array/object, bad gzip; 401: missing or wrong bearer token (when
   a token is configured); 413: too large; 415: unsupported Content-Type or Content-Encoding;
   429 with ``Retry-After``: the write queue is full; 503 with ``Retry-After``: the store cannot write.

@@ -127,6 +127,22 @@ def _new_episode_doc(episode: ep.Episode, labeled: bool) -> str:
     return _episode_doc(episode.model_copy(update={"revision": 1, "labeled": labeled}))
 
 
+def _check_size(episode_id: str, doc: str) -> None:
+    """Refuse an episode whose stored document is over ``MAX_EPISODE_BYTES`` of UTF-8 (each field
+    within its own limit can still add up to several MiB): Cosmos DB refuses items over 2 MB, and
+    one such row makes every page that holds it slow to read. Encodes only a document that might
+    be over (a character is at most 4 bytes)."""
+    if len(doc) * 4 <= ep.MAX_EPISODE_BYTES:
+        return
+    size = len(doc.encode())
+    if size > ep.MAX_EPISODE_BYTES:
+        raise ValueError(
+            f"episode {episode_id!r} is {size:,} bytes as stored, over the limit of "
+            f"{ep.MAX_EPISODE_BYTES:,} bytes (1 MiB) for one episode: send fewer or shorter messages, "
+            "tool results or metadata"
+        )
+
+
 def _labeled_episode(
     episode: ep.Episode, revision: int, label: ep.Label, counts: dict[str, int]
 ) -> ep.Episode:
@@ -630,6 +646,8 @@ class SQLiteStore:
         for episode in episodes:
             clean = redacted(episode)
             labeled = clean.labeled or clean.reward is not None
+            doc = _new_episode_doc(clean, labeled)
+            _check_size(clean.id, doc)
             rows.append(
                 (
                     clean.id,
@@ -639,7 +657,7 @@ class SQLiteStore:
                     clean.reward,
                     clean.model_version,
                     1,
-                    _new_episode_doc(clean, labeled),
+                    doc,
                 )
             )
         ids = [row[0] for row in rows]
