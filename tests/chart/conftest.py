@@ -39,7 +39,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "networkPolicy": {"enabled": True, "metricsFrom": [MONITORING_PEER]},
         "dashboard": {"enabled": True},
-        "collector": {"enabled": True, "token": {"existingSecret": "collector-token"}},
+        "collector": {
+            "enabled": True,
+            "token": {"existingSecret": "collector-token"},
+            "maxInflightBytes": 33554432,
+        },
         "models": {"enabled": True},
         "rbac": {"create": True, "aggregateToUserRoles": True},
         "operator": {"watchNamespaces": ["agents", "support"]},

@@ -183,6 +183,12 @@ def test_collector_token_secret_becomes_a_token_file(render: Any) -> None:
     assert "--token-file" not in " ".join(_container(_collector(render({})))["args"])
 
 
+def test_collector_inflight_budget_reaches_its_args(render: Any) -> None:
+    args = _container(_collector(render({"collector": {"maxInflightBytes": 33554432}})))["args"]
+    assert _flag(args, "--max-inflight-bytes") == "33554432"
+    assert _flag(_container(_collector(render({})))["args"], "--max-inflight-bytes") is None
+
+
 def test_placement_values_reach_the_pods(render: Any) -> None:
     tolerations = [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
     values = {

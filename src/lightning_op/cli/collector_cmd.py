@@ -54,6 +54,13 @@ def _read_token(token_file: Path | None) -> str | None:
     help="Largest request body, before and after gzip decompression (413 above).",
 )
 @click.option(
+    "--max-inflight-bytes",
+    default=None,
+    type=click.IntRange(1024),
+    help="Request bodies held at once by the requests being handled (429 with Retry-After above); "
+    f"default: {server.DEFAULT_INFLIGHT_BODIES} x --max-body-bytes.",
+)
+@click.option(
     "--queue-size",
     default=server.DEFAULT_QUEUE_SIZE,
     show_default=True,
@@ -81,6 +88,7 @@ def collector(
     port: int,
     token_file: Path | None,
     max_body_bytes: int,
+    max_inflight_bytes: int | None,
     queue_size: int,
     redact_builtins: tuple[str, ...],
     redact_patterns: tuple[str, ...],
@@ -95,10 +103,16 @@ def collector(
         redaction.Redactor(builtins=redact_builtins or None, patterns=redact_patterns)
     except ValueError as exc:
         _common.fail(f"collector redaction: {exc}")
+    if max_inflight_bytes is not None and max_inflight_bytes < max_body_bytes:
+        raise click.UsageError(
+            f"--max-inflight-bytes {max_inflight_bytes} is below --max-body-bytes {max_body_bytes}: "
+            "a body of the largest allowed size could never be taken"
+        )
     config = server.CollectorConfig(
         store_url=store_url,
         token=_read_token(token_file),
         max_body_bytes=max_body_bytes,
+        max_inflight_bytes=max_inflight_bytes,
         queue_size=queue_size,
         redact_builtins=redact_builtins or None,
         redact_patterns=redact_patterns,

@@ -28,13 +28,20 @@ Contract of ``POST /v1/episodes``:
   batch are kept. A response is sent only after its episodes are committed.
 - 400: not UTF-8, not JSON, not an array/object, bad gzip; 401: missing or wrong bearer token (when
   a token is configured); 413: too large; 415: unsupported Content-Type or Content-Encoding;
-  429 with ``Retry-After``: the write queue is full; 503 with ``Retry-After``: the store cannot write.
+  429 with ``Retry-After``: the write queue is full, or the bodies of the requests being handled
+  already hold ``max_inflight_bytes``; 503 with ``Retry-After``: the store cannot write.
   Error bodies are ``{"error": "<what was wrong and what to do>"}``.
 
 Writes go through a bounded queue to one writer (SQLite allows one writer): the writer takes every
 batch waiting in the queue, writes them in one ``insert_many`` transaction (group commit) on a
 dedicated thread, and then answers each request. The store is opened, used and closed on that thread.
 The queue holds ``queue_size`` batches (requests); one group commit takes up to ``max_group_episodes``.
+Memory is bounded by ``max_inflight_bytes`` (default 4 x ``max_body_bytes``): the bodies of every
+request being read, parsed, queued or written, counted from its Content-Length (or as read, for a
+chunked body) until it is answered; a request beyond it gets 429 at once instead of growing the heap
+with the number of agents uploading. Parsed, a body takes about 10x its size (measured on typical
+JSON Lines episodes: 8 MiB of body, 81 MiB of episodes, 103 MiB at the peak), so the process needs
+about 12 x ``max_inflight_bytes`` above its base (the chart's 512 MiB limit fits the default).
 
 On SIGTERM or SIGINT (``serve``) the collector stops listening, lets the requests in flight finish
 (their batches are committed and answered), closes the store and returns.
@@ -79,6 +86,8 @@ EPISODES_PATH = "/v1/episodes"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_QUEUE_SIZE = 64
 DEFAULT_MAX_ITEMS = 10_000
+# Bodies of requests in flight, as a multiple of max_body_bytes, when max_inflight_bytes is not set.
+DEFAULT_INFLIGHT_BODIES = 4
 # Upper bound on one group commit: bounds a transaction's duration and the writer's memory.
 DEFAULT_MAX_GROUP_EPISODES = 10_000
 JSON_TYPES = frozenset({"application/json"})
@@ -120,6 +129,8 @@ class CollectorConfig:
     queue_size: int = DEFAULT_QUEUE_SIZE
     max_items: int = DEFAULT_MAX_ITEMS
     max_group_episodes: int = DEFAULT_MAX_GROUP_EPISODES
+    # Bytes of request bodies held at once by the requests being handled (None: 4 x max_body_bytes).
+    max_inflight_bytes: int | None = None
     # How long SIGTERM waits for in-flight requests before closing their connections.
     shutdown_timeout: float = 30.0
     # Redaction applied by the store before anything is written: builtin detector names (None: all)
@@ -132,8 +143,35 @@ class CollectorConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"collector {name} must be at least 1, got {value}")
+        if self.max_inflight_bytes is not None and self.max_inflight_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"collector max_inflight_bytes ({self.max_inflight_bytes}) is below max_body_bytes "
+                f"({self.max_body_bytes}): a body of the largest allowed size could never be taken"
+            )
         if self.token is not None and not self.token.strip():
             raise ValueError("collector token is empty: give a non-empty token or none")
+
+    @property
+    def inflight_limit(self) -> int:
+        return self.max_inflight_bytes or DEFAULT_INFLIGHT_BODIES * self.max_body_bytes
+
+
+class ByteBudget:
+    """Bytes of request bodies held by the requests being handled; used on the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Hold ``size`` more bytes if that stays within the limit; False (nothing held) otherwise."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
 
 
 class ListenError(Exception):
@@ -199,6 +237,16 @@ class CollectorMetrics:
         )
         self.queue_capacity = prometheus_client.Gauge(
             "lightning_collector_queue_capacity", "Size of the write queue (batches).", registry=r
+        )
+        self.inflight_bytes = prometheus_client.Gauge(
+            "lightning_collector_inflight_bytes",
+            "Bytes of request bodies held by the requests being handled.",
+            registry=r,
+        )
+        self.inflight_limit = prometheus_client.Gauge(
+            "lightning_collector_inflight_limit_bytes",
+            "Most bytes of request bodies held at once (429 beyond).",
+            registry=r,
         )
 
 
@@ -609,6 +657,9 @@ class Collector:
             max_group_episodes=config.max_group_episodes,
             metrics=self.metrics,
         )
+        self.budget = budget = ByteBudget(config.inflight_limit)
+        self.metrics.inflight_bytes.set_function(lambda: budget.held)
+        self.metrics.inflight_limit.set(budget.limit)
         self._token = config.token.strip().encode() if config.token else None
         self.totals = {status: 0 for status in ItemStatus}
         self.requests = 0
@@ -685,7 +736,17 @@ class Collector:
         if encoding not in ("identity", "gzip", "x-gzip", ""):
             raise RequestError(415, f"Content-Encoding {encoding!r} is not supported: send gzip or identity")
 
-        body = await _read_limited(request, self.config.max_body_bytes)
+        held = [0]
+        try:
+            body = await _read_limited(request, self.config.max_body_bytes, self.budget, held)
+            return await self._handle_body(request, body, content_type, encoding)
+        finally:
+            self.budget.give(held[0])
+
+    async def _handle_body(
+        self, request: web.Request, body: bytes, content_type: str, encoding: str
+    ) -> web.StreamResponse:
+        """Parse, validate and write one read body; answer with per-item results."""
         self.requests += 1
         limit, max_items = self.config.max_body_bytes, self.config.max_items
 
@@ -795,16 +856,32 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return _json({"error": message}, status, headers)
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
+async def _read_limited(request: web.Request, limit: int, budget: ByteBudget, held: list[int]) -> bytes:
+    """The body, at most ``limit`` bytes (413). Its size is taken from ``budget`` first (from the
+    Content-Length, or as it is read) and added to ``held[0]``, which the caller gives back once
+    it answered; 429 when the budget has no room."""
     too_large = f"body is larger than {limit} bytes, the collector's limit: send smaller batches"
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestError(413, too_large)
+    busy = RequestError(
+        429,
+        f"the collector is holding {budget.limit} bytes of request bodies already: retry after the "
+        "Retry-After delay",
+    )
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise RequestError(413, too_large)
+        if not budget.take(request.content_length):
+            raise busy
+        held[0] = request.content_length
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(_READ_CHUNK):
         size += len(chunk)
         if size > limit:
             raise RequestError(413, too_large)
+        if size > held[0]:  # chunked, no Content-Length
+            if not budget.take(size - held[0]):
+                raise busy
+            held[0] = size
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
