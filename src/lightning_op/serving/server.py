@@ -20,6 +20,12 @@ never on the event loop, and one lock around the model orders generations and ad
 swap never lands in the middle of a reply; whether a request gets the adapter is settled under that
 lock too (an adapter unloaded meanwhile is a 404, never a base-model answer under the tuned name).
 A ``seed`` makes sampling reproducible; ``top_p: 0`` (or ``temperature: 0``) is greedy.
+
+A load that fails (an adapter trained for another base model, a weights file cut short, target modules
+LoRA cannot wrap) is a 400 naming the adapter, and changes nothing: peft wraps the targeted layers
+before it reads the weights, so what it put in the model (the LoRA layers of a first load, the
+half-loaded slot of a swap) is taken out again under the same lock, before any generation can run on
+it. The base model and the adapter already served answer as they did.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS_LIMIT = 4096
 MAX_BODY_BYTES = 4 * 1024 * 1024
+#: the files peft reads an adapter's weights from, the first one found
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 class ServingError(Exception):
@@ -85,6 +93,31 @@ def _stop_ids(tokenizer: Any, model: Any) -> list[int]:
         if isinstance(token_id, int) and token_id >= 0 and token_id != tokenizer.unk_token_id:
             ids.add(token_id)
     return sorted(ids)
+
+
+def _strip_peft_layers(model: Any) -> None:
+    """Put back the layers peft wrapped in ``model``, and drop the config it hung on it.
+
+    What ``PeftModel.unload()`` does, for a first load that raised inside ``PeftModel.from_pretrained``
+    and so never returned the ``PeftModel`` to unload.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in wrapped:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if getattr(parent, child) is layer:
+            setattr(parent, child, layer.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+
+
+def _load_failure(exc: Exception, lines: int = 3) -> str:
+    """The error in a few lines: torch lists every tensor that does not fit, one line each."""
+    text = [line.strip() for line in str(exc).strip().splitlines()] or [""]
+    more = f" (and {len(text) - lines} more lines)" if len(text) > lines else ""
+    return f"{type(exc).__name__}: {' '.join(text[:lines]).rstrip('.')}{more}"
 
 
 class ModelServer:
@@ -155,22 +188,35 @@ class ModelServer:
             raise ServingError(
                 f"adapter {path} has no adapter_config.json (not a LoRA adapter directory)", param="adapter"
             )
+        # checked here: without a local weights file peft would look the path up on the model hub
+        if not any((adapter / name).is_file() for name in ADAPTER_WEIGHT_FILES):
+            raise ServingError(
+                f"adapter {path} has no adapter_model.safetensors (nor adapter_model.bin): its weights "
+                "were not saved, or not copied with its config",
+                param="adapter",
+            )
         with self.lock:
             # named under the lock: two loads at once must not pick one name (the second would delete
             # the adapter the first just made active)
             slot = f"adapter-{self.adapter_version + 1}"
+            served = self.peft.active_adapter if self.peft is not None else None
             try:
                 if self.peft is None:
-                    self.peft = PeftModel.from_pretrained(self.model, adapter, adapter_name=slot)
+                    self.peft = PeftModel.from_pretrained(self.model, str(adapter), adapter_name=slot)
                 else:
-                    old = self.peft.active_adapter
-                    self.peft.load_adapter(adapter, adapter_name=slot)
-                    self.peft.set_adapter(slot)
-                    self.peft.delete_adapter(old)
-            except (ValueError, RuntimeError, KeyError, OSError) as exc:
+                    self.peft.load_adapter(str(adapter), adapter_name=slot)
+            except Exception as exc:  # whatever the adapter's files make peft or torch raise
+                self._undo_failed_load(slot, served)
+                kept = f"adapter {self.adapter_path} is" if self.adapter_path else "base model alone is"
                 raise ServingError(
-                    f"adapter {path} does not fit base model {self.base_name}: {exc}", param="adapter"
+                    f"adapter {path} cannot be loaded on base model {self.base_name}: {_load_failure(exc)}. "
+                    f"Check that it was trained from {self.base_path} and that its files are complete; "
+                    f"the {kept} still served",
+                    param="adapter",
                 ) from exc
+            if served is not None:
+                self.peft.set_adapter(slot)
+                self.peft.delete_adapter(served)
             self.peft.eval()
             self.adapter_version += 1
             self.adapter_path = adapter
@@ -179,6 +225,20 @@ class ModelServer:
                 self.tuned_name = name
         log.info("serving adapter %s as %s (version %d)", adapter, self.tuned_name, self.adapter_version)
         return self.info()
+
+    def _undo_failed_load(self, slot: str, served: str | None) -> None:
+        """Take out what a load that raised part-way left in the model; called under the lock."""
+        if self.peft is None:
+            _strip_peft_layers(self.model)
+            return
+        from peft import functional
+
+        if slot in self.peft.peft_config:
+            self.peft.delete_adapter(slot)
+        # peft's add_adapter forgets the config of an adapter it failed to inject, not the layers it
+        # had wrapped by then
+        functional.delete_adapter(self.model, slot, prefix=self.peft.base_model.prefix)
+        self.peft.set_adapter(served)
 
     def models(self) -> list[str]:
         return [self.base_name] + ([self.tuned_name] if self.peft is not None else [])
