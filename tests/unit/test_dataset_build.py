@@ -4,8 +4,10 @@ Covers: the reward filter, duplicates removed (first kept) and counted, the ``ma
 distinct rows, a train/validation split that keeps each row on its side whatever else is built, the
 sha256 and token figures against the bytes on disk, the statistics and their record round trip,
 the content-addressed default name, the output validating clean, skipped episodes counted by reason,
-and an empty result raising ``EmptyDatasetError`` and leaving no file behind. Option errors name
-the field.
+and an empty result raising ``EmptyDatasetError`` and leaving no file behind. ``save_record`` sees
+the final paths before the files appear under them; when it raises (a real SQLite store refusing the
+record with ``ConflictError``) no file is left and an earlier dataset at the same paths is untouched.
+Option errors name the field.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pytest
 
 from lightning_op.api import episode as ep
 from lightning_op.datasets import build, validate
+from lightning_op.store import base as store_base
+from lightning_op.store import sqlite as sqlite_store
 
 
 def episode(number: int, reward: float | None = 0.9, query: str | None = None) -> dict[str, Any]:
@@ -174,6 +178,81 @@ def test_progress_is_reported_while_reading(tmp_path: Path) -> None:
     )
 
     assert seen == [10, 20, 25]
+
+
+def test_the_record_is_saved_before_the_files_appear(tmp_path: Path) -> None:
+    seen: list[tuple[str, str | None, list[str]]] = []
+
+    def save_record(stats: build.DatasetStats) -> None:
+        seen.append(
+            (
+                stats.path,
+                stats.validation_path,
+                sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")),
+            )
+        )
+
+    stats = build.build_dataset(
+        iter([episode(n) for n in range(40)]),
+        build.BuildOptions(agent_id="bot", validation_fraction=0.3),
+        output=tmp_path / "ds.jsonl",
+        save_record=save_record,
+    )
+
+    assert seen == [(str(tmp_path / "ds.jsonl"), str(tmp_path / "ds.validation.jsonl"), [])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds.jsonl", "ds.validation.jsonl"]
+    assert stats.path == seen[0][0]
+
+
+def test_a_record_the_store_refuses_leaves_no_file(tmp_path: Path) -> None:
+    store = sqlite_store.SQLiteStore(tmp_path / "episodes.db")
+    store.put_record(build.RECORD_KIND, "ds", {"built": "elsewhere"})
+    out = tmp_path / "out"
+
+    def save_record(stats: build.DatasetStats) -> None:
+        store.put_record(build.RECORD_KIND, stats.name, stats.to_json_dict(), expected_revision=0)
+
+    with pytest.raises(store_base.ConflictError, match="record dataset/ds is at revision 1"):
+        build.build_dataset(
+            iter([episode(n) for n in range(40)]),
+            build.BuildOptions(agent_id="bot"),
+            output_dir=out,
+            name="ds",
+            save_record=save_record,
+        )
+
+    store.close()
+    assert not out.exists(), "neither the files nor the directory made for them"
+
+
+def test_a_refused_rebuild_keeps_the_earlier_dataset(tmp_path: Path) -> None:
+    store = sqlite_store.SQLiteStore(tmp_path / "episodes.db")
+    out = tmp_path / "out"
+    earlier = build.build_dataset(
+        iter([episode(n) for n in range(40)]),
+        build.BuildOptions(agent_id="bot"),
+        output_dir=out,
+        name="ds",
+        save_record=lambda stats: store.put_record(build.RECORD_KIND, stats.name, stats.to_json_dict()),
+    )
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    with pytest.raises(store_base.ConflictError):
+        build.build_dataset(
+            iter([episode(n) for n in range(80)]),
+            build.BuildOptions(agent_id="bot"),
+            output_dir=out,
+            name="ds",
+            save_record=lambda stats: store.put_record(
+                build.RECORD_KIND, stats.name, stats.to_json_dict(), expected_revision=0
+            ),
+        )
+
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    record = store.get_record(build.RECORD_KIND, "ds")
+    store.close()
+    assert record is not None and build.DatasetStats.from_json_dict(record.data) == earlier
+    assert validate.verify_files(earlier) == []
 
 
 @pytest.mark.parametrize(

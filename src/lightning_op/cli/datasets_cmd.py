@@ -7,8 +7,17 @@ files' sha256. Unless ``--output`` says otherwise, datasets go to a ``datasets/`
 SQLite store's file, or under the user's data directory (``$XDG_DATA_HOME/lightning-op/datasets``)
 for other stores.
 
-``--output`` is the dataset *file* here, so the output format is ``-o`` only (``-o json`` as in
-every other command).
+``--output`` is where the dataset goes, so the output format is ``-o`` only (``-o json`` as in every
+other command). It is read one way (``output_target``): a directory (one that exists, or any path
+ending in '/') gets ``NAME.jsonl`` and ``NAME.validation.jsonl``; a path ending in ``.jsonl`` is the
+training file itself, with ``<stem>.validation.jsonl`` beside it; anything else is refused rather
+than guessed at (``--output data`` could mean either).
+
+The record is saved before the files are moved into place (``build.build_dataset``'s
+``save_record``): when the store refuses it, the command fails and no file changed. With ``--name``
+the record must still be at the revision it had when the build started, so of two builds of one name
+the one that saves second fails (``ConflictError``) instead of leaving the other's record pointing at
+its files.
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ format_option = _common.format_only_option("output_format_")
 @click.option(
     "--name",
     default=None,
-    help="Dataset name (record and file name). Default: AGENT-<first 12 hex digits of the sha256>.",
+    help="Dataset name: the store record, and the file name NAME.jsonl unless --output names the "
+    "file. Default: AGENT-<first 12 hex digits of the training file's sha256>.",
 )
 @click.option(
     "--min-reward",
@@ -58,10 +68,12 @@ format_option = _common.format_only_option("output_format_")
     "output_path",
     default=None,
     metavar="PATH",
-    help="The training file to write, or an existing directory for NAME.jsonl; validation rows go "
-    "beside it as NAME.validation.jsonl. "
-    "Default: NAME.jsonl in a datasets/ directory next to a SQLite store, "
-    "else under the user data directory.",
+    help="Where to write. A directory (an existing one, or a path ending in '/', created if "
+    "missing) gets NAME.jsonl and NAME.validation.jsonl. A path ending in .jsonl is the training file "
+    "itself; validation rows go beside it as <stem>.validation.jsonl (train.jsonl -> "
+    "train.validation.jsonl). Files of the same names are replaced, and only once the dataset's "
+    "record is saved. Default: the directory datasets/ next to a SQLite store, else under the user "
+    "data directory.",
 )
 @click.option(
     "--since", default=None, metavar="TIME", help="Only episodes from TIME on: ISO 8601 or an age (7d)."
@@ -122,12 +134,11 @@ def build_dataset(
         system_prompt=system_prompt,
         output_format=output_format,
     )
+    output_file, output_dir = output_target(output_path)
     with _common.open_store(store_url) as store:
-        target: dict[str, Any]
-        if output_path and not Path(output_path).is_dir():
-            target = {"output": Path(output_path)}
-        else:
-            target = {"output_dir": Path(output_path) if output_path else default_output_dir(store)}
+        if output_file is None and output_dir is None:
+            output_dir = default_output_dir(store)
+        revision = _revision(store, name) if name is not None else None
         total = store.count(agent_id=agent_id, labeled=True)
         query = store_base.EpisodeQuery(**options.query_filter())
         try:
@@ -136,13 +147,14 @@ def build_dataset(
                 stats = build.build_dataset(
                     store.iter_json(query),
                     options,
+                    output=output_file,
+                    output_dir=output_dir,
                     name=name,
+                    save_record=lambda built: _save_record(store, built, revision),
                     on_progress=lambda n: bar.update(task, completed=n),
-                    **target,
                 )
         except build.EmptyDatasetError as exc:
             _common.fail(_empty_message(store, options, exc))
-        store.put_record(build.RECORD_KIND, stats.name, stats.to_json_dict())
     if fraction > 0 and not stats.validation_episodes:
         _common.warn(
             f"no held-out split: {stats.episodes} episode{'' if stats.episodes == 1 else 's'} at "
@@ -186,6 +198,45 @@ def dataset_info(store_url: str | None, name: str | None, file_path: str | None,
         ok = _show_file(Path(file_path), output)
     if not ok:
         sys.exit(1)
+
+
+def output_target(output: str | None) -> tuple[Path | None, Path | None]:
+    """``build_dataset``'s ``(output, output_dir)`` for ``--output``; both None when it is not given.
+
+    A directory is one that exists or a path ending in '/'; a file is a path ending in ``.jsonl``, so
+    its validation file is ``<stem>.validation.jsonl``. Anything else is a one-line error: a bare
+    ``data`` would otherwise become a training file called ``data`` beside ``data.validation.jsonl``.
+    """
+    if not output:
+        return None, None
+    path = Path(output).expanduser()
+    if output.endswith(("/", os.sep)) or path.is_dir():
+        return None, path
+    if path.suffix.lower() == ".jsonl":
+        return path, None
+    _common.fail(
+        f"--output {output!r} is neither a directory nor a .jsonl file: end a directory with '/' "
+        f"(it is created) or name the training file {path.stem or 'train'}.jsonl"
+    )
+
+
+def _revision(store: store_base.EpisodeStore, name: str) -> int:
+    record = store.get_record(build.RECORD_KIND, name)
+    return 0 if record is None else record.revision
+
+
+def _save_record(store: store_base.EpisodeStore, stats: build.DatasetStats, revision: int | None) -> None:
+    """Keep ``stats`` as the record ``("dataset", name)``; ``revision``: the one it must still be at
+    (0: absent), or None for a content-addressed name, whose files are the same whoever writes them."""
+    try:
+        store.put_record(build.RECORD_KIND, stats.name, stats.to_json_dict(), expected_revision=revision)
+    except store_base.ConflictError as exc:
+        raise store_base.ConflictError(
+            f"dataset {stats.name} not saved and no file changed: another build-dataset saved a dataset of "
+            f"that name while this one ran ({exc}); run build-dataset again to replace it"
+        ) from exc
+    except store_base.StoreError as exc:
+        raise store_base.StoreError(f"dataset {stats.name} not saved and no file changed: {exc}") from exc
 
 
 def default_output_dir(store: store_base.EpisodeStore) -> Path:

@@ -24,11 +24,14 @@ Decisions, in the order a row meets them:
   It sizes jobs; the trainer counts real tokens with the model's tokenizer.
 
 Files are written under a temporary name in the target directory and renamed at the end, so an
-interrupted build never leaves a half file that looks complete.
+interrupted build never leaves a half file that looks complete. The caller's ``save_record`` runs
+between the two: a dataset whose record could not be saved is never moved into place, and an
+earlier dataset at the same paths is only replaced once the new one's record is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -278,6 +281,7 @@ def build_dataset(
     output: Path | None = None,
     output_dir: Path | None = None,
     name: str | None = None,
+    save_record: Callable[[DatasetStats], object] | None = None,
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = 10_000,
 ) -> DatasetStats:
@@ -287,8 +291,17 @@ def build_dataset(
     The training file is ``output`` if given, else ``output_dir / f"{name}.jsonl"``; the validation file
     sits beside it (``validation_path_for``). ``name`` defaults to ``<agent>-<first 12 hex of sha256>``,
     so the same data always gets the same name. ``on_progress(scanned)`` is called every
-    ``progress_every`` episodes read and once at the end. Raises ``EmptyDatasetError`` when no row
-    was written (and leaves no file behind), ``OSError`` when the files cannot be written.
+    ``progress_every`` episodes read and once at the end.
+
+    ``save_record(stats)`` keeps the statistics (the caller's store record). It is called once both
+    files are complete under temporary names, before they are moved to the paths ``stats`` names;
+    when it raises, the temporary files are removed and the exception propagates, so a dataset
+    without a record never appears and an earlier dataset at the same paths stays as it was. Once
+    it returned, a dataset built without a validation file also removes an earlier
+    ``validation_path_for(training file)``, which belonged to the training file it replaced.
+
+    Raises ``EmptyDatasetError`` when no row was written (and leaves no file behind), ``OSError``
+    when the files cannot be written.
     """
     if (output is None) == (output_dir is None):
         raise ValueError("give exactly one of output (a file path) or output_dir (a directory)")
@@ -296,6 +309,7 @@ def build_dataset(
         check_name(name)
     target_dir = output.parent if output is not None else output_dir
     assert target_dir is not None
+    made_dir = not target_dir.is_dir()
     target_dir.mkdir(parents=True, exist_ok=True)
     partial = f".{options.agent_id}.{os.getpid()}.{id(options):x}"
     train = _Sink(target_dir / f"{partial}.train.partial")
@@ -310,46 +324,42 @@ def build_dataset(
             # Every row hashed to validation (only with a handful of rows): train on them instead.
             train, validation = validation, train
         train_sha = train.finish()
-        validation_sha = validation.finish() if validation is not None and validation.rows else None
+        if validation is not None and not validation.rows:
+            validation.discard()
+            validation = None
+        validation_sha = validation.finish() if validation is not None else None
         final_name = name or f"{options.agent_id}-{train_sha[:12]}"
         final = output if output is not None else target_dir / f"{final_name}.jsonl"
-        os.replace(train.path, final)
-        final_validation: Path | None = None
-        if validation is not None and validation_sha is not None:
-            final_validation = validation_path_for(final)
-            os.replace(validation.path, final_validation)
-        elif validation is not None:
-            validation.discard()
+        final_validation = validation_path_for(final)
+        # The record names the files where they will be; the directory is resolved but not the
+        # file, as os.replace puts a file in place of a symlink rather than writing through it.
+        where = target_dir.resolve()
+        result = _stats(
+            options,
+            stats,
+            final_name,
+            train,
+            validation,
+            where / final.name,
+            where / final_validation.name,
+            train_sha,
+            validation_sha,
+        )
+        for path in (final, final_validation):
+            if path.is_dir():
+                raise IsADirectoryError(f"{path} is a directory: name another dataset file or directory")
+        if save_record is not None:
+            save_record(result)
+        _publish(result.name, train, validation, final, final_validation, saved=save_record is not None)
     except BaseException:
         train.discard()
         if validation is not None:
             validation.discard()
+        if made_dir:
+            with contextlib.suppress(OSError):
+                target_dir.rmdir()
         raise
 
-    valid_rows = validation.rows if final_validation is not None and validation is not None else 0
-    result = DatasetStats(
-        name=final_name,
-        agent_id=options.agent_id,
-        format=options.output_format,
-        path=str(final.resolve()),
-        sha256=train_sha,
-        bytes=train.bytes,
-        episodes=train.rows + valid_rows,
-        train_episodes=train.rows,
-        validation_episodes=valid_rows,
-        validation_path=str(final_validation.resolve()) if final_validation is not None else None,
-        validation_sha256=validation_sha,
-        validation_bytes=validation.bytes if final_validation is not None and validation is not None else 0,
-        tokens=train.tokens + (validation.tokens if valid_rows and validation is not None else 0),
-        avg_reward=stats.reward_sum / stats.written,
-        min_reward=stats.reward_min,
-        max_reward=stats.reward_max,
-        scanned=stats.scanned,
-        duplicates_removed=stats.duplicates,
-        skipped=stats.skipped,
-        created=datetime.now(UTC),
-        settings=options.to_json_dict(),
-    )
     log.info(
         "dataset %s: %d episodes (%d train, %d validation), %d duplicates removed, sha256 %s",
         result.name,
@@ -360,6 +370,64 @@ def build_dataset(
         result.sha256,
     )
     return result
+
+
+def _stats(
+    options: BuildOptions,
+    counts: _Counts,
+    name: str,
+    train: _Sink,
+    validation: _Sink | None,
+    path: Path,
+    validation_path: Path,
+    train_sha: str,
+    validation_sha: str | None,
+) -> DatasetStats:
+    valid_rows = validation.rows if validation is not None else 0
+    return DatasetStats(
+        name=name,
+        agent_id=options.agent_id,
+        format=options.output_format,
+        path=str(path),
+        sha256=train_sha,
+        bytes=train.bytes,
+        episodes=train.rows + valid_rows,
+        train_episodes=train.rows,
+        validation_episodes=valid_rows,
+        validation_path=str(validation_path) if validation is not None else None,
+        validation_sha256=validation_sha,
+        validation_bytes=validation.bytes if validation is not None else 0,
+        tokens=train.tokens + (validation.tokens if validation is not None else 0),
+        avg_reward=counts.reward_sum / counts.written,
+        min_reward=counts.reward_min,
+        max_reward=counts.reward_max,
+        scanned=counts.scanned,
+        duplicates_removed=counts.duplicates,
+        skipped=counts.skipped,
+        created=datetime.now(UTC),
+        settings=options.to_json_dict(),
+    )
+
+
+def _publish(
+    name: str, train: _Sink, validation: _Sink | None, final: Path, final_validation: Path, *, saved: bool
+) -> None:
+    """Move the finished files into place (renames within one directory)."""
+    try:
+        os.replace(train.path, final)
+        if validation is not None:
+            os.replace(validation.path, final_validation)
+        else:
+            final_validation.unlink(missing_ok=True)
+    except OSError as exc:
+        if not saved:
+            raise
+        # Rare (the temporary files sit in the same directory), but the record now names files
+        # that are not in place: say so, as dataset-info will.
+        raise OSError(
+            f"dataset {name}: the record was saved but its files could not be moved to {final} "
+            f"({exc.strerror or exc}); run build-dataset again"
+        ) from exc
 
 
 @dataclass
