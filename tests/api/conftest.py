@@ -536,8 +536,8 @@ class Kubelet:
             namespace,
         )
         await self.api.patch("Pod", pod_name, {"status": {"phase": phase}}, namespace, subresource="status")
-        if phase == "Running" and job is not None:
-            # The Job controller counts the running pod: a Job watch event, as on a cluster.
+        if phase in ("Pending", "Running") and job is not None:
+            # The Job controller counts the pod, pending or running: a Job watch event, as on a cluster.
             await self.api.patch(
                 "Job",
                 job_name,

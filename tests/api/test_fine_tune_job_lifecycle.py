@@ -8,7 +8,8 @@ JSON line, the result against the baseline example by example, ``fineTunedModel`
 adapter, a Normal Event per phase change; ``MaxRoundsReached`` (Failed, with result and the best round
 recorded); the trainer's and the Job's failure reasons (Diverged, OutOfMemory, DeadlineExceeded,
 BackoffLimitExceeded) as a Warning; a job with no evaluation (one round, Succeeded); a round's Job
-refused by a full ResourceQuota waits (QuotaExceeded) and runs once the quota has room; an unchanged
+refused by a full ResourceQuota waits (QuotaExceeded) and runs once the quota has room; a trainer
+pod no node fits, or whose image cannot be pulled, says so in Ready until it runs; an unchanged
 object costs no write calls, nor does a restart against a Succeeded one; and a finished round whose
 trainer wrote its files on the volume costs no reads of its Job, pods or pod log (the watch reported
 the Job, the volume holds the result).
@@ -282,6 +283,82 @@ async def test_a_full_job_quota_makes_the_round_wait_not_fail(
     await trainer.succeed("quota", 1, 0.0)
     obj = await api.wait_for_phase("FineTuneJob", "quota", "Succeeded")
     assert _condition(obj, "Ready")["status"] == "True"
+
+
+async def _ready(api: Any, name: str, reason: str) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        obj = await api.get("FineTuneJob", name)
+        ready = next(
+            (c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {}
+        )
+        return obj if ready.get("reason") == reason else None
+
+    return await api.wait_for(check, timeout=10, what=f"FineTuneJob {name} Ready reason {reason}")
+
+
+async def test_a_trainer_pod_that_cannot_run_says_why_until_it_runs(
+    api: Any, ftj_operator: Any, kubelet: Any, trainer: TrainerDouble
+) -> None:
+    """No node fits the trainer pod, then its image cannot be pulled: each shows in Ready with what
+    Kubernetes said and one Warning Event, the phase stays Training; once the pod runs, Ready says
+    what the round does again and the job finishes."""
+    await api.create(finetune_manifest("stuck", evaluation=False))
+    await _job(api, "stuck-r1")
+    await kubelet.serve_pod("stuck-r1", "stuck-r1-abc", phase="Pending")
+    unschedulable = (
+        "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available"
+    )
+    pod_status = {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
+        ],
+    }
+    await api.patch("Pod", "stuck-r1-abc", {"status": pod_status}, subresource="status")
+    obj = await _ready(api, "stuck", "Unschedulable")
+    assert obj["status"]["phase"] == "Training"
+    assert (
+        _condition(obj, "Ready")["message"]
+        == f"trainer pod stuck-r1-abc cannot be scheduled: {unschedulable}"
+    )
+
+    pulling = {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True"}],
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "ready": False,
+                "state": {
+                    "waiting": {
+                        "reason": "ImagePullBackOff",
+                        "message": 'Back-off pulling image "ghcr.io/lightning-op/trainer:0.1.0"',
+                    }
+                },
+            }
+        ],
+    }
+    await api.patch("Pod", "stuck-r1-abc", {"status": pulling}, subresource="status")
+    obj = await _ready(api, "stuck", "ImagePullBackOff")
+    assert _condition(obj, "Ready")["message"] == (
+        "trainer pod stuck-r1-abc, container trainer: ImagePullBackOff: "
+        'Back-off pulling image "ghcr.io/lightning-op/trainer:0.1.0"'
+    )
+    await asyncio.sleep(
+        0.6
+    )  # polled again (every 0.2 s here): the same wait is neither rewritten nor re-announced
+    warnings = [(e["reason"], e["type"]) for e in await api.events("stuck") if e["type"] == "Warning"]
+    assert warnings == [("Unschedulable", "Warning"), ("ImagePullBackOff", "Warning")]
+
+    running = {
+        "phase": "Running",
+        "containerStatuses": [{"name": "trainer", "ready": True, "state": {"running": {}}}],
+    }
+    await api.patch("Pod", "stuck-r1-abc", {"status": running}, subresource="status")
+    obj = await _ready(api, "stuck", "Training")
+    assert _condition(obj, "Ready")["message"] == "training round 1"
+    await trainer.succeed("stuck", 1, 0.0)
+    await api.wait_for_phase("FineTuneJob", "stuck", "Succeeded")
 
 
 def _reads_of(api: Any, mark: int, job: str) -> list[str]:

@@ -224,6 +224,46 @@ def test_trainer_lines_are_folded_and_noise_skipped() -> None:
     assert flow.parse_trainer_output("not json\n{broken\n").lines == 0
 
 
+def _pod(phase: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "ftj-r1-x"}, "status": {"phase": phase, **status}}
+
+
+def _waiting(name: str, reason: str, message: str | None = None) -> dict[str, Any]:
+    waiting = {"reason": reason, **({"message": message} if message else {})}
+    return {"name": name, "state": {"waiting": waiting}}
+
+
+def test_pod_problems_are_the_waits_a_person_has_to_end() -> None:
+    creating = _pod("Pending", containerStatuses=[_waiting("trainer", "ContainerCreating")])
+    assert flow.pod_problem(creating) is None, "a pod being created is no problem"
+    assert flow.pod_problem(None) is None
+    assert flow.pod_problem(_pod("Pending")) is None
+    unschedulable = _pod(
+        "Pending",
+        conditions=[
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes"}
+        ],
+    )
+    assert flow.pod_problem(unschedulable) == flow.PodProblem(
+        "Unschedulable", "trainer pod ftj-r1-x cannot be scheduled: 0/2 nodes"
+    )
+    init = _pod("Pending", initContainerStatuses=[_waiting("fetch", "ErrImagePull", "not found")])
+    assert flow.pod_problem(init) == flow.PodProblem(
+        "ErrImagePull", "trainer pod ftj-r1-x, container fetch: ErrImagePull: not found"
+    )
+    sidecar = _pod(
+        "Pending",
+        containerStatuses=[
+            _waiting("trainer", "ContainerCreating"),
+            _waiting("proxy", "CreateContainerConfigError"),
+        ],
+    )
+    problem = flow.pod_problem(sidecar)
+    assert problem is not None and problem.message.endswith("container proxy: CreateContainerConfigError")
+    finished = _pod("Failed", containerStatuses=[_waiting("trainer", "CrashLoopBackOff")])
+    assert flow.pod_problem(finished) is None, "a finished pod is the Job's to report"
+
+
 def test_newest_pod_wins() -> None:
     pods = [
         {"metadata": {"name": "a", "creationTimestamp": "2026-03-01T10:00:00Z"}},

@@ -31,10 +31,13 @@ the FineTuneJob's Jobs with their pods; ownerReferences do the same on a real cl
 just makes it immediate. Files on the model volume (dataset, adapters) stay: an adapter may be
 promoted still.
 
-A round's Job refused by a ResourceQuota (``k8s.QuotaExceeded``) does not fail the FineTuneJob: it
-enters the round's phase with ``Ready`` False, reason ``QuotaExceeded`` (a Warning Event says so
-when the wait begins), and the Job is created on a later tick, every ``LIGHTNING_RETRY_DELAY_SECONDS``,
-once the quota has room.
+What a person has to fix shows in ``Ready`` (False, with Kubernetes' reason and message) and one
+Warning Event when the wait begins, without failing the FineTuneJob: a round's Job refused by a
+ResourceQuota (``QuotaExceeded``; the Job is created on a later tick, every
+``LIGHTNING_RETRY_DELAY_SECONDS``, once the quota has room), and a trainer pod that no node fits
+(``Unschedulable``: no GPU node, a nodeSelector or toleration that matches nothing) or whose
+container is stuck (``ImagePullBackOff``, ``CreateContainerConfigError``...), seen on the pod-log
+poll. Once the pod runs, ``Ready`` says what the round does again.
 
 Talks to ``controllers.common``, ``pipeline.finetune_flow``, ``manifests.trainer_job`` and ``api``.
 """
@@ -219,16 +222,12 @@ async def _wait_for_quota(
     writer: common.StatusWriter, step: flow.Step, observed: flow.Observed, exc: k8s.QuotaExceeded
 ) -> None:
     """A ResourceQuota refused this round's Job: the status is written as decided (the round
-    planned), with ``Ready`` saying why nothing runs (the quota's name, what is used, the limit) and
-    a Warning Event when the wait begins. The next tick finds the Job missing and creates it again."""
+    planned), with ``Ready`` saying why nothing runs (the quota's name, what is used, the limit).
+    The next tick finds the Job missing and creates it again."""
     body = writer.body
     log.warning("FineTuneJob %s/%s: %s; retrying", body.meta.namespace, body.meta.name, exc)
-    message = f"waiting for quota: {exc}"
-    before = get_condition(writer.current.get("conditions") or [], ConditionType.READY)
-    flow.wait_for_quota(step, message, observed)
-    wrote = await _write(writer, step, observed.generation)
-    if wrote and (before is None or before.reason != Reason.QUOTA_EXCEEDED):
-        kopf.warn(writer.view(observed.generation), reason=Reason.QUOTA_EXCEEDED, message=message[:1024])
+    flow.wait_for_quota(step, f"waiting for quota: {exc}", observed)
+    await _write(writer, step, observed.generation)
 
 
 def _next_delay(step: flow.Step, observed: flow.Observed, wrote: bool) -> float:
@@ -344,11 +343,13 @@ def _observe_round(
     volume = Path(models_dir) if models_dir else None
     job_done = job.state in _FINISHED_JOB
     output: flow.TrainerOutput | None = None
+    problem: flow.PodProblem | None = None
     if volume is not None and job_done:
         output = flow.volume_output(volume, layout, number)
     if job.state != flow.JobState.MISSING and not _has_final(output):
         job_uid = str((raw or {}).get("metadata", {}).get("uid") or "")
         pod = flow.newest_pod(cluster.job_pods(namespace, job_name), job_uid)
+        problem = flow.pod_problem(pod)
         if pod is not None:
             try:
                 text = cluster.pod_log_tail(
@@ -365,7 +366,7 @@ def _observe_round(
             flow.read_json_file(layout.in_operator(volume, layout.result_file(number)))
         )
         baseline = flow.example_scores(flow.read_json_file(layout.in_operator(volume, layout.result_file(0))))
-    return flow.RoundObservation(number, job, output, examples, baseline)
+    return flow.RoundObservation(number, job, output, examples, baseline, problem)
 
 
 def _ours(job: dict[str, Any], uid: str) -> bool:
@@ -427,7 +428,9 @@ async def _replace_foreign_job(rt: common.Runtime, namespace: str, job: dict[str
 
 
 async def _write(writer: common.StatusWriter, step: flow.Step, generation: int | None) -> bool:
-    """The step's status through ``StatusWriter`` (only what changed; an Event on a phase change)."""
+    """The step's status through ``StatusWriter`` (only what changed; an Event on a phase change),
+    and a Warning Event when ``Ready`` starts waiting on something a person fixes
+    (``flow.WAITING_REASONS``: a full quota, an unschedulable or stuck trainer pod)."""
     status = step.status
     if status.phase is None:
         return False
@@ -440,9 +443,16 @@ async def _write(writer: common.StatusWriter, step: flow.Step, generation: int |
         ready = get_condition(status.conditions, ConditionType.READY)
         reason = ready.reason if ready is not None else "Reconciled"
         message = ready.message if ready is not None else ""
-    return await writer.write(
+    before = get_condition(current.get("conditions") or [], ConditionType.READY)
+    wrote = await writer.write(
         generation, status.phase, reason, message, conditions=status.conditions, fields=fields
     )
+    waiting = get_condition(status.conditions, ConditionType.READY)
+    if wrote and waiting is not None and waiting.reason in flow.WAITING_REASONS:
+        if before is None or before.reason != waiting.reason:
+            # a wait a person has to end (quota, scheduling, image): said once, as a Warning
+            kopf.warn(writer.view(generation), reason=waiting.reason, message=waiting.message[:1024])
+    return wrote
 
 
 _STATUS_KEYS = ("phase", "observedGeneration", "conditions")

@@ -308,6 +308,62 @@ def newest_pod(pods: Sequence[Mapping[str, Any]], job_uid: str | None = None) ->
     )
 
 
+@dataclass(frozen=True)
+class PodProblem:
+    """Why a trainer pod does not run: Kubernetes' own reason (``Unschedulable``,
+    ``ImagePullBackOff``...) and a message naming the pod and what Kubernetes said."""
+
+    reason: str
+    message: str
+
+
+#: container waiting reasons that last until a person acts (an image name or pull secret, a missing
+#: Secret or ConfigMap, a command that crashes), unlike ContainerCreating or PodInitializing
+STUCK_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+#: ``Ready`` reasons of a FineTuneJob that wait on something a person fixes (a Warning Event each)
+WAITING_REASONS = frozenset({Reason.QUOTA_EXCEEDED, "Unschedulable", *STUCK_WAITING_REASONS})
+
+
+def pod_problem(pod: Mapping[str, Any] | None) -> PodProblem | None:
+    """Why ``pod`` (a round's newest trainer pod) does not run, when it will not without a person:
+    no node fits it (the GPUs, nodeSelector or tolerations it asks for; the scheduler's message says
+    which), or one of its containers is stuck waiting (``STUCK_WAITING_REASONS``). None otherwise,
+    a pod still being created included."""
+    if pod is None:
+        return None
+    name = (pod.get("metadata") or {}).get("name", "?")
+    status = pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending", "Running"):
+        return None
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            said = condition.get("message") or "no node fits it"
+            return PodProblem("Unschedulable", f"trainer pod {name} cannot be scheduled: {said}")
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in STUCK_WAITING_REASONS:
+            said = f": {waiting['message']}" if waiting.get("message") else ""
+            return PodProblem(
+                reason, f"trainer pod {name}, container {container.get('name')}: {reason}{said}"
+            )
+    return None
+
+
 def _controller_uid(obj: Mapping[str, Any]) -> str | None:
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("controller"):
@@ -345,6 +401,8 @@ class RoundObservation:
     #: per-example scores of this round's evaluation file and of the baseline's, when readable
     examples: dict[int, float] | None = None
     baseline_examples: dict[int, float] | None = None
+    #: why the round's newest trainer pod is not running, when a person has to act
+    pod_problem: PodProblem | None = None
 
 
 @dataclass(frozen=True)
@@ -747,7 +805,9 @@ def _training(spec: ft.FineTuneJobSpec, step: Step, observed: Observed) -> Step:
     _copy_progress(status, number, output)
     scoring = number == 0 or (output is not None and output.last_event == "evaluating")
     phase = ft.FineTunePhase.EVALUATING if scoring else ft.FineTunePhase.TRAINING
-    if status.phase != phase:
+    ready = cond.get_condition(status.conditions, ConditionType.READY)
+    was_waiting = ready is not None and ready.reason in WAITING_REASONS
+    if status.phase != phase or was_waiting:
         if number == 0:
             what = "scoring the base model (round 0)"
         elif scoring:
@@ -755,6 +815,9 @@ def _training(spec: ft.FineTuneJobSpec, step: Step, observed: Observed) -> Step:
         else:
             what = f"training round {number}"
         _enter(step, phase, Reason.EVALUATING if scoring else Reason.TRAINING, what, observed)
+    problem = seen.pod_problem
+    if problem is not None:
+        _condition(status, ConditionType.READY, False, problem.reason, problem.message, observed)
     return step
 
 
