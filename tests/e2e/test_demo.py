@@ -10,7 +10,9 @@ Covers:
 - the agent got better: after > before, both measured in [0, 1], at least one round ran;
 - every step printed its heading as it happened, and the report it names exists with its plots;
 - the workdir holds the store with the agent's episodes, labeled, split by model version;
-- SIGTERM stops the demo (exit 143) and the collector and model server it started.
+- SIGTERM stops the demo (exit 143) and the collector and model server it started;
+- a second run in the same workdir reuses the base model it built (the SIGTERM test runs there, so it
+  reaches the services in seconds instead of after the pre-training; alone, it builds the model).
 """
 
 from __future__ import annotations
@@ -33,9 +35,14 @@ LAST_LINE = re.compile(
 )
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One demo workdir for the module: the base model the first run builds is reused by the next."""
+    return tmp_path_factory.mktemp("demo")
+
+
 @pytest.mark.timeout(400)
-def test_demo_improves_the_agent_and_ends_with_the_summary_line(tmp_path: Path) -> None:
-    workdir = tmp_path / "demo"
+def test_demo_improves_the_agent_and_ends_with_the_summary_line(workdir: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "lightning_op.cli", "demo", "--workdir", str(workdir), "--fast"],
         capture_output=True,
@@ -77,15 +84,16 @@ def test_demo_improves_the_agent_and_ends_with_the_summary_line(tmp_path: Path) 
 
 
 @pytest.mark.timeout(200)
-def test_sigterm_stops_the_demo_and_the_services_it_started(tmp_path: Path) -> None:
+def test_sigterm_stops_the_demo_and_the_services_it_started(workdir: Path) -> None:
     """A terminated demo (a stopped container, ``kill``) exits 143 and stops its collector and model
     server, which run in sessions of their own (they were left running, orphaned)."""
+    built = (workdir / "models").is_dir()
     import signal
     import socket
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lightning_op.cli", "demo", "--workdir", str(tmp_path / "demo"), "--fast"],
+        [sys.executable, "-m", "lightning_op.cli", "demo", "--workdir", str(workdir), "--fast"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -99,6 +107,8 @@ def test_sigterm_stops_the_demo_and_the_services_it_started(tmp_path: Path) -> N
         if len(ports) == 2:  # the collector's and the model server's, printed by step 2
             break
     assert len(ports) == 2, "".join(seen)
+    if built:
+        assert any("reusing" in line and "(same settings)" in line for line in seen), "".join(seen)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
