@@ -21,47 +21,15 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from support.dataset_cli import build_json, make_episode, run
 
-from lightning_op import cli
-from lightning_op.api import episode as ep
 from lightning_op.store import base as store_base
 from lightning_op.store import sqlite as sqlite_store
-
-T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
-
-
-def make_episode(number: int, reward: float = 0.9) -> ep.Episode:
-    return ep.Episode(
-        agent_id="bot",
-        session_id=f"s-{number}",
-        turn=0,
-        timestamp=T0 + timedelta(minutes=number),
-        state=ep.State(query=f"where is order {number}?"),
-        action=ep.Action(tool="lookup_order", arguments={"order": number}),
-        reward=reward,
-        labeled=True,
-        labels=[ep.Label(score=reward, grader="rule")],
-    )
-
-
-def run(store_url: str, *args: str) -> Result:
-    return CliRunner(env={"COLUMNS": "200"}).invoke(
-        cli.cli, [args[0], "--store", store_url, *args[1:]], catch_exceptions=False
-    )
-
-
-def build_json(store_url: str, *args: str) -> dict[str, Any]:
-    result = run(store_url, "build-dataset", "--agent-id", "bot", *args, "-o", "json")
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert isinstance(data, dict)
-    return data
 
 
 def one_line_error(result: Result) -> str:

@@ -13,46 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from support.dataset_cli import build_json, make_episode, run
 
-from lightning_op import cli
 from lightning_op.api import episode as ep
 from lightning_op.store import base as store_base
 
-T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 EMAIL = "jane.doe@example.com"
-
-
-def make_episode(number: int, reward: float, *, query: str | None = None, agent: str = "bot") -> ep.Episode:
-    return ep.Episode(
-        agent_id=agent,
-        session_id=f"s-{number}",
-        turn=0,
-        timestamp=T0 + timedelta(minutes=number),
-        state=ep.State(query=query or f"where is order {number}?"),
-        action=ep.Action(tool="lookup_order", arguments={"order": number}),
-        reward=reward,
-        labeled=True,
-        labels=[ep.Label(score=reward, grader="rule")],
-    )
-
-
-def run(store_url: str, *args: str) -> Result:
-    return CliRunner(env={"COLUMNS": "200"}).invoke(
-        cli.cli, [args[0], "--store", store_url, *args[1:]], catch_exceptions=False
-    )
-
-
-def build_json(store_url: str, *args: str) -> dict[str, object]:
-    result = run(store_url, "build-dataset", "--agent-id", "bot", *args, "-o", "json")
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert isinstance(data, dict)
-    return data
 
 
 def assert_one_line_error(result: Result, *needles: str) -> None:
