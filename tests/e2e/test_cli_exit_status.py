@@ -402,6 +402,21 @@ def test_promote_model_adapter_needs_an_agent_and_compare_versions_names_the_par
     )
 
 
+def test_compare_versions_refuses_a_version_against_itself_and_names_the_versions_seen(seeded: str) -> None:
+    compare = ("compare-versions", "--store", seeded, "--agent-id", "bot")
+    one_line_error(
+        lightning_op(*compare, "--before", "base-v1", "--after", "base-v1"),
+        "both versions are base-v1 (from --before and --after)",
+    )
+    typo = lightning_op(*compare, "--before", "base-v1", "--after", "tuned-typo")
+    assert typo.returncode == 0, typo.stderr
+    assert typo.stderr.strip() == (
+        "warning: --after tuned-typo: no episodes of bot with that model version; versions seen: base-v1"
+    )
+    after_row = next(line for line in typo.stdout.splitlines() if "tuned-typo" in line)
+    assert after_row.split("│")[-2].strip() == "–", "no episodes: no error rate, not 0.000"
+
+
 def test_a_grader_file_that_is_not_utf8_is_named(seeded: str, tmp_path: Path) -> None:
     grader = tmp_path / "bad9.yaml"
     grader.write_bytes(b"\x89PNG\x00\x01\xff\xfe")

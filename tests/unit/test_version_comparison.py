@@ -2,7 +2,8 @@
 
 Covers ``pipeline.promotion``:
 - ``compare_versions`` sums up labeled rewards and error rates per ``modelVersion`` from the store;
-  a version without episodes reads as zero episodes, not an error;
+  a version without episodes reads as zero episodes, not an error, with no error rate (not 0);
+- ``promote`` refuses a name equal to the model served now (two adapters, one model version);
 - without ``--before/--after`` the versions come from the agent's latest promotion record, else the two
   most recently seen versions; with fewer than two versions the error says to name them;
 - ``verification_comparison``: with no previous model known (the container's model name came from a
@@ -65,6 +66,26 @@ def test_a_version_without_episodes_reads_as_zero(store: store_base.EpisodeStore
     comparison = promotion.compare_versions(store, "agent-a", "base", "tuned-v2")
     assert comparison.after.episodes == 0 and comparison.after.avg_reward is None
     assert comparison.reward_delta is None
+    assert comparison.after.error_rate is None, "no episodes is no error rate, not a perfect one"
+    assert comparison.error_rate_delta is None
+    data = comparison.to_json_dict()
+    assert data["after"]["errorRate"] is None and data["errorRateDelta"] is None
+    assert comparison.seen == ("base",)
+
+
+def test_promoting_under_the_name_served_now_is_refused(store: store_base.EpisodeStore) -> None:
+    """A second adapter under the served name would share its model version: refused before
+    anything is recorded, with a new name to use."""
+    promotion.promote(
+        store, adapter="/adapters/a", agent_id="agent-a", model_name="tuned-v2", previous_model="v1"
+    )
+    with pytest.raises(
+        promotion.PromotionError, match=r"tuned-v2 is the model served now.*--model-name tuned-v3"
+    ):
+        promotion.promote(store, adapter="/adapters/b", agent_id="agent-a", model_name="tuned-v2")
+    assert len(store.list_records(promotion.RECORD_KIND)) == 1
+    again = promotion.promote(store, adapter="/adapters/b", agent_id="agent-a", model_name="tuned-v3")
+    assert (again["previousModel"], again["promotedModel"]) == ("tuned-v2", "tuned-v3")
 
 
 def test_default_versions_come_from_the_latest_promotion(store: store_base.EpisodeStore) -> None:

@@ -141,8 +141,8 @@ def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
             (
                 side["modelVersion"],
                 side["episodes"],
-                f"{side['avgReward'] or 0:.2f}",
-                f"{side['errorRate']:.2f}",
+                "–" if side["avgReward"] is None else f"{side['avgReward']:.2f}",
+                "–" if side["errorRate"] is None else f"{side['errorRate']:.2f}",
             )
             for side in (live["before"], live["after"])
         ],

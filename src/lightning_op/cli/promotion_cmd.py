@@ -185,6 +185,7 @@ def compare_versions(
                 f"model, and {agent_id}'s episodes show fewer than two model versions: give --before "
                 "VERSION" + ("" if promoted else " and --after VERSION")
             )
+    _check_versions(comparison, named={"--before": before, "--after": after})
     verdict = promotion.verification_verdict(
         comparison, max_reward_drop, max_error_rate_increase, min_episodes
     )
@@ -207,7 +208,7 @@ def compare_versions(
             "",
             "",
             "–" if delta is None else f"{delta:+.3f}",
-            f"{comparison.error_rate_delta:+.3f}",
+            "–" if comparison.error_rate_delta is None else f"{comparison.error_rate_delta:+.3f}",
         )
     )
     _common.print_table(
@@ -219,3 +220,25 @@ def compare_versions(
     _common.console.print(
         f"verification: [{colour}]{verdict.status.value}[/{colour}]: {verdict.message}", highlight=False
     )
+
+
+def _check_versions(comparison: promotion.Comparison, named: dict[str, str | None]) -> None:
+    """A version compared with itself is an error; a version named on the command line that has no
+    episodes (a typo, or a name the agent never reported) is a warning naming the versions seen."""
+    before, after = comparison.before.model_version, comparison.after.model_version
+    if before == after:
+        given = [option for option, value in named.items() if value is not None]
+        source = " and ".join(given) if given else "the last promotion"
+        _common.fail(
+            f"both versions are {before} (from {source}): a version compared with itself says nothing; "
+            "name two different versions with --before and --after"
+        )
+    seen = ", ".join(comparison.seen) or "none"
+    for option, value in named.items():
+        side = comparison.before if option == "--before" else comparison.after
+        if value is not None and side.episodes == 0:
+            _common.warn(
+                f"{option} {value}: no episodes of {comparison.agent_id} with that model version"
+                f"{' since ' + comparison.since.isoformat() if comparison.since else ''}; "
+                f"versions seen: {seen}"
+            )

@@ -242,6 +242,10 @@ def accuracy(turns: Sequence[Any]) -> tuple[float, dict[str, tuple[int, int]]]:
     return overall, per
 
 
+def _two(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def _prepare_workdir(workdir: Path) -> None:
     """Start from a clean workdir, keeping only a cached base model."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -530,7 +534,7 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
         for side in (comparison.before, comparison.after):
             detail(
                 f"live {side.model_version:<16} episodes {side.episodes:>4}  avg reward "
-                f"{side.avg_reward or 0:.2f}  error rate {side.error_rate:.2f}"
+                f"{_two(side.avg_reward)}  error rate {_two(side.error_rate)}"
             )
         detail(f"verification: {verdict.status.value}: {verdict.message}")
 

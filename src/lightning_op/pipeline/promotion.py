@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,8 +52,9 @@ class VersionStats:
     rewards: list[float] = field(default_factory=list, repr=False)
 
     @property
-    def error_rate(self) -> float:
-        return self.errors / self.episodes if self.episodes else 0.0
+    def error_rate(self) -> float | None:
+        """Errors per episode; None with no episodes (nothing measured, not a perfect record)."""
+        return self.errors / self.episodes if self.episodes else None
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -63,11 +65,15 @@ class VersionStats:
             "stdReward": None if self.std_reward is None else round(self.std_reward, 6),
             "minReward": self.min_reward,
             "maxReward": self.max_reward,
-            "errorRate": round(self.error_rate, 6),
+            "errorRate": _rounded(self.error_rate),
             "errors": self.errors,
             "first": self.first.isoformat() if self.first else None,
             "last": self.last.isoformat() if self.last else None,
         }
+
+
+def _rounded(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -123,6 +129,8 @@ class Comparison:
     before: VersionStats
     after: VersionStats
     since: datetime | None = None
+    #: every model version of the agent's episodes in the window, the one seen last at the end
+    seen: tuple[str, ...] = ()
 
     @property
     def reward_delta(self) -> float | None:
@@ -131,8 +139,10 @@ class Comparison:
         return self.after.avg_reward - self.before.avg_reward
 
     @property
-    def error_rate_delta(self) -> float:
-        return self.after.error_rate - self.before.error_rate
+    def error_rate_delta(self) -> float | None:
+        """None when either version has no episodes."""
+        before, after = self.before.error_rate, self.after.error_rate
+        return None if before is None or after is None else after - before
 
     def to_json_dict(self) -> dict[str, Any]:
         delta = self.reward_delta
@@ -142,7 +152,7 @@ class Comparison:
             "before": self.before.to_json_dict(),
             "after": self.after.to_json_dict(),
             "rewardDelta": None if delta is None else round(delta, 6),
-            "errorRateDelta": round(self.error_rate_delta, 6),
+            "errorRateDelta": _rounded(self.error_rate_delta),
         }
 
 
@@ -220,6 +230,7 @@ def _comparison(
         before=stats.get(before) or VersionStats(model_version=before),
         after=stats.get(after) or VersionStats(model_version=after),
         since=since,
+        seen=tuple(s.model_version for s in _by_last_seen(stats)),
     )
 
 
@@ -262,13 +273,10 @@ def verification_verdict(
             f"average reward fell {-delta:.3f} ({before.avg_reward:.3f} -> {after.avg_reward:.3f}), "
             f"more than the allowed {max_reward_drop:.3f}"
         )
-    if (
-        after.episodes >= min_episodes
-        and before.episodes > 0
-        and comparison.error_rate_delta > max_error_rate_increase
-    ):
+    error_delta = comparison.error_rate_delta
+    if after.episodes >= min_episodes and error_delta is not None and error_delta > max_error_rate_increase:
         reasons.append(
-            f"error rate rose {comparison.error_rate_delta:.3f} ({before.error_rate:.3f} -> "
+            f"error rate rose {error_delta:.3f} ({before.error_rate:.3f} -> "
             f"{after.error_rate:.3f}), more than the allowed {max_error_rate_increase:.3f}"
         )
     if reasons:
@@ -282,15 +290,30 @@ def verification_verdict(
         return Verdict(
             VerdictStatus.PENDING, f"{before.model_version} has no labeled episodes to compare with"
         )
-    change = "n/a" if delta is None else f"{delta:+.3f}"
     return Verdict(
         VerdictStatus.PASSED,
-        f"{after.model_version} holds up on {after.labeled} labeled episodes (reward {change}, "
-        f"error rate {comparison.error_rate_delta:+.3f})",
+        f"{after.model_version} holds up on {after.labeled} labeled episodes (reward {delta:+.3f}, "
+        f"error rate {error_delta:+.3f})",
     )
 
 
 # ------------------------------------------------------------------------------------------ promote
+
+
+def _check_new_name(name: str | None, previous: str | None) -> None:
+    if name is None or name != previous:
+        return
+    raise PromotionError(
+        f"{name} is the model served now: another adapter promoted under that name would share its "
+        "model version, and compare-versions could not tell their live episodes apart; promote it "
+        f"under a new name (--model-name {_next_name(name)})"
+    )
+
+
+def _next_name(name: str) -> str:
+    """``analytics-tuned-v2`` -> ``analytics-tuned-v3``; a name without a ``-vN`` suffix gets ``-v2``."""
+    match = re.fullmatch(r"(.*-v)(\d+)", name)
+    return f"{match[1]}{int(match[2]) + 1}" if match else f"{name}-v2"
 
 
 def latest_promotion(
@@ -380,18 +403,22 @@ def promote(
     """Switch the served model to ``adapter`` (when ``serve_url``) and record the promotion.
 
     ``previous_model`` defaults to what the server served before (its tuned name, else its base
-    name), else the agent's last promoted model. Returns the promotion record.
+    name), else the agent's last promoted model. Returns the promotion record. Raises
+    ``PromotionError``, before anything changes, when the promoted model would have the previous
+    model's name: live episodes of both would be one model version, which no comparison can split.
     """
     server: dict[str, Any] | None = None
     if serve_url:
         before = served_adapter(serve_url, token=token)
         if previous_model is None:
             previous_model = before.get("tunedName") if before.get("adapter") else before.get("baseName")
+        _check_new_name(model_name or before.get("tunedName"), previous_model)
         server = switch_served_adapter(serve_url, adapter, name=model_name, token=token)
         model_name = model_name or server.get("tunedName")
     if previous_model is None and agent_id is not None:
         last = latest_promotion(store, agent_id=agent_id)
         previous_model = last.get("promotedModel") if last else None
+    _check_new_name(model_name or adapter, previous_model)
     now = datetime.now(UTC)
     promotion_id = f"promo-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     data: dict[str, Any] = {

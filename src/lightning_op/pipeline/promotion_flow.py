@@ -168,7 +168,7 @@ def _version_status(stats: promotion_pipeline.VersionStats) -> dict[str, Any]:
     return {
         "model": stats.model_version,
         "avgReward": None if stats.avg_reward is None else round(stats.avg_reward, 4),
-        "errorRate": round(stats.error_rate, 4),
+        "errorRate": None if stats.error_rate is None else round(stats.error_rate, 4),
         "episodes": stats.episodes,
     }
 
