@@ -401,6 +401,18 @@ def test_promote_model_adapter_needs_an_agent_and_compare_versions_names_the_par
         record["promotedModel"],
     )
 
+    narrow = lightning_op(
+        "promote-model", "--store", seeded, "--adapter", str(adapter), "--agent-id", "bot",
+        "--model-name", "bot-tuned-v2", env={"COLUMNS": "50"},
+    )  # fmt: skip
+    assert narrow.returncode == 0, narrow.stderr
+    lines = narrow.stdout.splitlines()
+    previous = record["promotedModel"]
+    assert lines[0] == f"promoted bot-tuned-v2 (adapter {adapter.resolve()}); previous model: {previous}"
+    assert lines[-1].endswith(
+        "; verify on live traffic with: lightning-op compare-versions --agent-id bot"
+    ), "a line to copy is not broken at the terminal's width"
+
 
 def test_compare_versions_refuses_a_version_against_itself_and_names_the_versions_seen(seeded: str) -> None:
     compare = ("compare-versions", "--store", seeded, "--agent-id", "bot")

@@ -8,7 +8,8 @@ Covers:
 - the command exits 0 and its last line is exactly
   ``demo: tool-selection accuracy before=X.XX after=Y.YY threshold=0.75 rounds=N``;
 - the agent got better: after > before, both measured in [0, 1], at least one round ran;
-- every step printed its heading as it happened, and the report it names exists with its plots;
+- every step printed its heading as it happened, stamped on the clock that the closing "finished in"
+  line also reads, and the report it names exists with its plots;
 - the workdir holds the store with the agent's episodes, labeled, split by model version;
 - SIGTERM stops the demo (exit 143) and the collector and model server it started;
 - a second run in the same workdir reuses the base model it built (the SIGTERM test runs there, so it
@@ -71,6 +72,9 @@ def test_demo_improves_the_agent_and_ends_with_the_summary_line(workdir: Path) -
     ):
         assert heading in result.stdout, f"step {heading!r} was not printed"
     assert "verdict GO" in result.stdout
+    stamps = [int(s) for s in re.findall(r"^\d+\. .*\((\d+)s\)$", result.stdout, re.MULTILINE)]
+    (finished,) = (int(s) for s in re.findall(r"^finished in (\d+)s$", result.stdout, re.MULTILINE))
+    assert len(stamps) >= 8 and stamps == sorted(stamps) and finished >= stamps[-1], "one clock for all"
 
     report = Path(re.findall(r"^report: (\S+)$", result.stdout, re.MULTILINE)[-1])
     assert report.is_file() and (report.parent / "rewards.png").is_file()

@@ -25,8 +25,11 @@ from lightning_op.store import base as store_base
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
-err_console = Console(stderr=True)
+# Soft wrap: a printed line is never broken at the terminal's width (80 columns when piped), so the
+# paths, ids and commands in it can be copied whole; the terminal wraps it for the eye. Tables
+# still fit the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 #: Upper bound of counts (--limit, --sample-size, ...): SQLite integers are 64-bit, and no run needs more.
 MAX_COUNT = 2**31 - 1

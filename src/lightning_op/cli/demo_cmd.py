@@ -28,6 +28,10 @@ class _Screen:
         self.progress: Progress | None = None
         self.task: TaskID | None = None
 
+    def elapsed(self) -> float:
+        """Seconds since the screen opened: the clock of the step stamps and of the last line."""
+        return time.monotonic() - self.started
+
     def _close_bar(self) -> None:
         if self.progress is not None:
             self.progress.stop()
@@ -41,9 +45,8 @@ class _Screen:
         if event.kind == "step":
             self._close_bar()
             self.number += 1
-            elapsed = time.monotonic() - self.started
             self.console.print(
-                f"\n[bold cyan]{self.number}. {event.text}[/bold cyan] [dim]({elapsed:.0f}s)[/dim]",
+                f"\n[bold cyan]{self.number}. {event.text}[/bold cyan] [dim]({self.elapsed():.0f}s)[/dim]",
                 soft_wrap=True,
             )
         elif event.kind == "detail":
@@ -160,7 +163,7 @@ def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    console.print(f"finished in {result.seconds:.0f}s", highlight=False)
+    console.print(f"finished in {screen.elapsed():.0f}s", highlight=False)
     click.echo(result.summary_line())
 
 
