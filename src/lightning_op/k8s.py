@@ -266,6 +266,39 @@ class Cluster:
         data: bytes = getattr(response, "data", b"") or b""
         return data.decode("utf-8", errors="replace")
 
+    def job_pod_refusal(self, namespace: str, job_name: str, job_uid: str) -> str | None:
+        """The message of the newest ``FailedCreate`` Warning the Job controller posted on this Job:
+        why it cannot create the Job's pods (a ResourceQuota on GPUs or pods, an admission webhook,
+        a PodSecurity policy), or None. One list of the Job's Events, selected by the API server."""
+        selector = ",".join(
+            (
+                "involvedObject.kind=Job",
+                f"involvedObject.name={job_name}",
+                f"involvedObject.uid={job_uid}",
+                "reason=FailedCreate",
+                "type=Warning",
+            )
+        )
+        data = _json(
+            _call(
+                f"list Events of Job {namespace}/{job_name}",
+                lambda: self.core.list_namespaced_event(
+                    namespace, field_selector=selector, _preload_content=False, _request_timeout=self.timeout
+                ),
+            )
+        )
+        events: list[dict[str, Any]] = data.get("items", [])
+        if not events:
+            return None
+
+        def when(event: dict[str, Any]) -> str:
+            meta = event.get("metadata") or {}
+            return str(
+                event.get("lastTimestamp") or event.get("eventTime") or meta.get("creationTimestamp") or ""
+            )
+
+        return str(max(events, key=when).get("message") or "the Job controller could not create a pod")
+
     # ------------------------------------------------------------ our custom resources
 
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:

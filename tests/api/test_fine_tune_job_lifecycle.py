@@ -9,7 +9,8 @@ adapter, a Normal Event per phase change; ``MaxRoundsReached`` (Failed, with res
 recorded); the trainer's and the Job's failure reasons (Diverged, OutOfMemory, DeadlineExceeded,
 BackoffLimitExceeded) as a Warning; a job with no evaluation (one round, Succeeded); a round's Job
 refused by a full ResourceQuota waits (QuotaExceeded) and runs once the quota has room; a trainer
-pod no node fits, or whose image cannot be pulled, says so in Ready until it runs; an unchanged
+pod no node fits, or whose image cannot be pulled, or that a GPU quota keeps from being created (the
+Job's FailedCreate Event), says so in Ready until it runs; an unchanged
 object costs no write calls, nor does a restart against a Succeeded one; and a finished round whose
 trainer wrote its files on the volume costs no reads of its Job, pods or pod log (the watch reported
 the Job, the volume holds the result).
@@ -359,6 +360,47 @@ async def test_a_trainer_pod_that_cannot_run_says_why_until_it_runs(
     assert _condition(obj, "Ready")["message"] == "training round 1"
     await trainer.succeed("stuck", 1, 0.0)
     await api.wait_for_phase("FineTuneJob", "stuck", "Succeeded")
+
+
+async def test_a_job_whose_pods_a_gpu_quota_refuses_says_why_until_its_pod_runs(
+    api: Any, ftj_operator: Any, kubelet: Any, trainer: TrainerDouble
+) -> None:
+    """The Job is created, but a ResourceQuota on GPUs refuses its pods: the Job controller says so
+    only in a FailedCreate Event on the Job. Ready shows that message (one Warning Event on the
+    FineTuneJob); once the pod runs, Ready says what the round does and the job finishes."""
+    await api.create(finetune_manifest("gpu", evaluation=False))
+    job = await _job(api, "gpu-r1")
+    await api.patch("Job", "gpu-r1", {"status": {"startTime": "2026-12-03T10:00:00Z"}}, subresource="status")
+    refused = (
+        'Error creating: pods "gpu-r1-x7k2p" is forbidden: exceeded quota: gpu-quota, requested: '
+        "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: requests.nvidia.com/gpu=4"
+    )
+    for name, uid, message in (
+        ("gpu-r1.other", "uid-of-an-earlier-job", "an earlier Job of this name"),
+        ("gpu-r1.17e0", job["metadata"]["uid"], refused),
+    ):
+        await api.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": name},
+                "involvedObject": {"apiVersion": "batch/v1", "kind": "Job", "name": "gpu-r1", "uid": uid},
+                "reason": "FailedCreate",
+                "type": "Warning",
+                "message": message,
+                "lastTimestamp": "2026-12-03T10:00:01Z",
+            }
+        )
+    obj = await _ready(api, "gpu", "FailedCreate")
+    assert obj["status"]["phase"] == "Training"
+    assert _condition(obj, "Ready")["message"] == f"Job gpu-r1 cannot create its trainer pod: {refused}"
+    warnings = [e for e in await api.events("gpu") if e["type"] == "Warning"]
+    assert [e["reason"] for e in warnings] == ["FailedCreate"]
+
+    await trainer.log("gpu", 1, "")  # the quota has room again: the pod runs
+    await _ready(api, "gpu", "Training")
+    await trainer.succeed("gpu", 1, 0.0)
+    await api.wait_for_phase("FineTuneJob", "gpu", "Succeeded")
 
 
 def _reads_of(api: Any, mark: int, job: str) -> list[str]:

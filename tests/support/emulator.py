@@ -89,6 +89,23 @@ def _labels_match(obj: Mapping[str, Any], selector: str | None) -> bool:
     return True
 
 
+def _fields_match(obj: Mapping[str, Any], selector: str | None) -> bool:
+    """A field selector (``involvedObject.name=x,type!=Normal``: dotted paths, ``=``, ``==``, ``!=``),
+    as the API server applies it to a list; a missing field reads as the empty string."""
+    for term in (selector or "").split(","):
+        term = term.strip()
+        if not term:
+            continue
+        negate = "!=" in term
+        path, value = term.split("!=" if negate else "=", 1)
+        found: Any = obj
+        for part in path.strip().rstrip("=").split("."):
+            found = found.get(part) if isinstance(found, Mapping) else None
+        if (str(found if found is not None else "") == value.strip().lstrip("=")) == negate:
+            return False
+    return True
+
+
 def _quota_exceeded(request: rendering.Request, quota: str) -> k8s.KubernetesError:
     """The 403 a real API server's ResourceQuota admission answers to a create over the limit."""
     assert request.resource is not None
@@ -299,6 +316,7 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
 
     def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
         selector = request.params.get("labelSelector")
+        fields = request.params.get("fieldSelector")
         items = []
         for (resource, namespace, name), obj in self._objects.items():
             if resource != request.resource or obj.deleted:
@@ -307,7 +325,7 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
                 continue
             if request.name is not None and name != request.name:
                 continue
-            if _labels_match(obj.raw, selector):
+            if _labels_match(obj.raw, selector) and _fields_match(obj.raw, fields):
                 items.append(obj.raw)
         return items
 

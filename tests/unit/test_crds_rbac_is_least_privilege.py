@@ -65,7 +65,7 @@ def test_operator_can_reconcile_each_kind(plural: str) -> None:
         ("batch", "jobs", {"create", "get", "list", "watch", "delete", "patch"}),
         ("", "pods", {"list"}),
         ("", "pods/log", {"get"}),
-        ("", "events", {"create"}),
+        ("", "events", {"create", "list"}),
         ("", "namespaces", {"list", "watch"}),
         ("", "secrets", {"get"}),
         ("apiextensions.k8s.io", "customresourcedefinitions", {"get", "list", "watch"}),

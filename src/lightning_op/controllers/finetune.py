@@ -37,7 +37,9 @@ ResourceQuota (``QuotaExceeded``; the Job is created on a later tick, every
 ``LIGHTNING_RETRY_DELAY_SECONDS``, once the quota has room), and a trainer pod that no node fits
 (``Unschedulable``: no GPU node, a nodeSelector or toleration that matches nothing) or whose
 container is stuck (``ImagePullBackOff``, ``CreateContainerConfigError``...), seen on the pod-log
-poll. Once the pod runs, ``Ready`` says what the round does again.
+poll, or a Job whose pods the Job controller cannot create (``FailedCreate``: a quota on GPUs or
+pods, an admission webhook; from the Job's Events, read only while it has no pod). Once the pod
+runs, ``Ready`` says what the round does again.
 
 Talks to ``controllers.common``, ``pipeline.finetune_flow``, ``manifests.trainer_job`` and ``api``.
 """
@@ -350,6 +352,10 @@ def _observe_round(
         job_uid = str((raw or {}).get("metadata", {}).get("uid") or "")
         pod = flow.newest_pod(cluster.job_pods(namespace, job_name), job_uid)
         problem = flow.pod_problem(pod)
+        if pod is None and job.state == flow.JobState.RUNNING and job_uid:
+            # no pod at all: the Job controller's FailedCreate Events say why (a GPU quota, a webhook)
+            refusal = cluster.job_pod_refusal(namespace, job_name, job_uid)
+            problem = flow.pod_refused(job_name, refusal) if refusal is not None else None
         if pod is not None:
             try:
                 text = cluster.pod_log_tail(

@@ -329,8 +329,9 @@ def operator_rules() -> list[dict[str, Any]]:
         _rule("", ["pods/log"], ["get"]),
         # FineTuneJob.spec.credentials.secretRef (Azure): read one named Secret; never list or watch.
         _rule("", ["secrets"], ["get"]),
-        # Kubernetes Events on every phase change: kopf only posts new ones.
-        _rule("", ["events"], ["create"]),
+        # Kubernetes Events on every phase change: kopf only posts new ones. A trainer Job without
+        # pods: its FailedCreate Events, listed by field selector, say why (a quota on GPUs).
+        _rule("", ["events"], ["create", "list"]),
         # kopf: namespace discovery (--all-namespaces, patterns) and CRD discovery.
         _rule("", ["namespaces"], ["list", "watch"]),
         _rule("apiextensions.k8s.io", ["customresourcedefinitions"], ["get", "list", "watch"]),

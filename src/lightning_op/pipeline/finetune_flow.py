@@ -331,7 +331,12 @@ STUCK_WAITING_REASONS = frozenset(
     }
 )
 #: ``Ready`` reasons of a FineTuneJob that wait on something a person fixes (a Warning Event each)
-WAITING_REASONS = frozenset({Reason.QUOTA_EXCEEDED, "Unschedulable", *STUCK_WAITING_REASONS})
+WAITING_REASONS = frozenset({Reason.QUOTA_EXCEEDED, "Unschedulable", "FailedCreate", *STUCK_WAITING_REASONS})
+
+
+def pod_refused(job_name: str, message: str) -> PodProblem:
+    """The Job controller cannot create the round's pod: ``message`` is its FailedCreate Event's."""
+    return PodProblem("FailedCreate", f"Job {job_name} cannot create its trainer pod: {message}")
 
 
 def pod_problem(pod: Mapping[str, Any] | None) -> PodProblem | None:
