@@ -447,8 +447,8 @@ def run_demo(settings: DemoSettings, emit: Callable[[Event], None] | None = None
             options,
             output_dir=workdir / "datasets",
             name=DATASET_NAME,
+            save_record=lambda built: store.put_record(build.RECORD_KIND, built.name, built.to_json_dict()),
         )
-        store.put_record(build.RECORD_KIND, stats.name, stats.to_json_dict())
         detail(
             f"{stats.name}: {stats.train_episodes} training + {stats.validation_episodes} held-out rows, "
             f"~{stats.tokens} tokens, sha256 {stats.sha256[:12]}"
