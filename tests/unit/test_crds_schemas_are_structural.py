@@ -12,6 +12,7 @@ the converter itself turns JSON Schema 2020-12 constructs into their structural 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
@@ -163,12 +164,20 @@ def test_the_issue_cel_rules_are_present() -> None:
 
 
 def _resolve(schema: Mapping[str, Any], json_path: str) -> Mapping[str, Any] | None:
+    """The schema node a printer column's path names; ``list[?(@.type=="Ready")]`` is an item of
+    ``list`` whose ``type`` field exists."""
     node: Mapping[str, Any] = schema
-    for part in json_path.lstrip(".").split("."):
+    for part, filtered in re.findall(r"\.?([A-Za-z]\w*)(\[\?\(@\.\w+==\"\w+\"\)\])?", json_path):
         props = node.get("properties", {})
         if part not in props:
             return None
         node = props[part]
+        if filtered:
+            field = re.search(r"@\.(\w+)", filtered)
+            items = node.get("items") or {}
+            if node.get("type") != "array" or field is None or field[1] not in items.get("properties", {}):
+                return None
+            node = items
     return node
 
 

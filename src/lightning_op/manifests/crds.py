@@ -202,6 +202,13 @@ def _column(name: str, type_: str, json_path: str, description: str, priority: i
 
 _PHASE = _column("Phase", "string", ".status.phase", "Where the object is in its life cycle.")
 _AGE = _column("Age", "date", ".metadata.creationTimestamp", "Time since the object was created.")
+_REASON = _column(
+    "Reason",
+    "string",
+    '.status.conditions[?(@.type=="Ready")].reason',
+    "The Ready condition's reason: what the object waits for (QuotaExceeded, Unschedulable...), "
+    "or why it failed.",
+)
 
 #: ``kubectl get`` columns per kind: phase, the key figures, age (priority 1 shows with ``-o wide``).
 PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
@@ -211,6 +218,7 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         _column("Last Episode", "date", ".status.lastEpisodeTime", "Time of the newest episode."),
         _column("Target", "string", ".spec.targetRef.name", "The agent's Deployment.", priority=1),
         _column("Sampling", "number", ".spec.samplingRate", "Fraction of interactions recorded.", priority=1),
+        _REASON,
         _AGE,
     ],
     "RewardLabeling": [
@@ -220,6 +228,7 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         _column("Mean", "number", ".status.scores.mean", "Mean score of the dry run."),
         _column("Failed", "integer", ".status.failed", "Episodes the grader could not score.", priority=1),
         _column("Grader", "string", ".spec.grader.type", "Grader type.", priority=1),
+        _REASON,
         _AGE,
     ],
     "FineTuneJob": [
@@ -230,6 +239,7 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         _column("Backend", "string", ".spec.backend", "Where training runs.", priority=1),
         _column("ETA", "integer", ".status.progress.etaSeconds", "Seconds left in the round.", priority=1),
         _column("Model", "string", ".status.fineTunedModel", "The trained model.", priority=1),
+        _REASON,
         _AGE,
     ],
     "ModelPromotion": [
@@ -237,6 +247,7 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         _column("Model", "string", ".status.promotedModel", "The model in front of users."),
         _column("Target", "string", ".spec.targetRef.name", "The agent's Deployment.", priority=1),
         _column("Previous", "string", ".status.previousModel", "The model before the promotion.", priority=1),
+        _REASON,
         _AGE,
     ],
 }
