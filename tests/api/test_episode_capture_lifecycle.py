@@ -21,6 +21,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from support.printer import printed
+
 from lightning_op.api import constants
 from lightning_op.api import episode as ep
 
@@ -88,6 +90,15 @@ async def test_capture_from_creation_to_deletion(api, operator, objects, store):
         return status if status.get("episodesCaptured") == 3 else None
 
     status = await api.wait_for(figures, what="episodesCaptured == 3")
+    row = printed(await api.get("EpisodeCapture", "support-bot") or {})
+    assert {k: v for k, v in row.items() if k != "Age"} == {
+        "Phase": "Active",
+        "Captured": 3,
+        "Last Episode": status["lastEpisodeTime"],
+        "Target": "agent",
+        "Sampling": 0.25,
+        "Reason": conditions(obj)["Ready"]["reason"],
+    }, "what kubectl get ec -o wide shows"
     assert status["lastEpisodeTime"] == (BASE + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert store.count(agent_id="support-bot") == 3  # the two older than ttlDays were purged
     store.insert_many(episodes(2, start=3) + episodes(4, agent="other-bot"))

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.printer import printed
 from support.trainer_double import TrainerDouble, finetune_manifest, seed_episodes
 
 from lightning_op.manifests import trainer_job
@@ -114,6 +115,16 @@ async def test_rounds_until_the_threshold_is_met(
     status = obj["status"]
     adapter = layout.in_trainer(layout.round_dir(2) / "adapter")
     assert status["fineTunedModel"] == adapter
+    assert {k: v for k, v in printed(obj).items() if k != "Age"} == {
+        "Phase": "Succeeded",
+        "Progress": 100,
+        "Round": 2,
+        "Score": 0.8,
+        "Backend": "local",
+        "ETA": None,
+        "Model": adapter,
+        "Reason": _condition(obj, "Ready")["reason"],
+    }, "what kubectl get ftj -o wide shows"
     assert status["result"] == {
         "score": 0.8,
         "improvements": 2,

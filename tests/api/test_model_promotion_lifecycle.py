@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 
+from support.printer import printed
+
 TUNED = "/models/support-agent/ft-round-2"
 SUCCEEDED = {
     "phase": "Succeeded",
@@ -104,6 +106,13 @@ async def test_promotion_waits_for_the_gate_then_promotes_and_verifies(
     }
     assert conditions(obj)["Verified"]["status"] == "True"
     assert conditions(obj)["Ready"]["status"] == "True"
+    assert {k: v for k, v in printed(obj).items() if k != "Age"} == {
+        "Phase": "Promoted",
+        "Model": TUNED,
+        "Target": "agent",
+        "Previous": "qwen-base",
+        "Reason": "Verified",
+    }, "what kubectl get mp -o wide shows"
     assert spec_writes(api) == ["POST", "PATCH"]  # created, then one env patch (the kubelet writes /status)
     events = [(e["type"], e["reason"], e["message"]) for e in await api.events("support-agent-promotion")]
     assert [(t, r) for t, r, _ in events] == [

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from support.printer import printed
 from support.trainer_double import labeling_manifest, seed_keyword_episodes
 
 from lightning_op import store as store_mod
@@ -50,6 +51,15 @@ async def test_labeling_runs_to_a_verdict(api: Any, operator_process: Any, store
     assert all(r["score"] in (0.25, 0.5, 0.75) and r["episodeId"] for r in status["sample"])
     assert status["diagnosis"] == []
     assert _condition(obj, "Ready")["reason"] == "VerdictGo"
+    assert {k: v for k, v in printed(obj).items() if k != "Age"} == {
+        "Phase": "Completed",
+        "Verdict": "GO",
+        "Labeled": 30,
+        "Mean": scores["mean"],
+        "Failed": 0,
+        "Grader": obj["spec"]["grader"]["type"],
+        "Reason": "VerdictGo",
+    }, "what kubectl get rl -o wide shows"
     assert _condition(obj, "SampleTested")["status"] == "True"
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     assert "nextRunTime" not in status
