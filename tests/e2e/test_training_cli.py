@@ -146,6 +146,10 @@ def test_training_lifts_the_score_over_the_threshold(lifted_job: dict[str, Any])
     for entry in job["rounds"]:
         assert entry["learningRate"] == pytest.approx(5e-3 * 0.6 ** (entry["round"] - 1))
         assert entry["epochs"], "each round records its epochs' losses"
+        last = entry["epochs"][-1]
+        assert (entry["trainLoss"], entry["validLoss"]) == (last["trainLoss"], last["validLoss"]), (
+            "a round's losses are its last epoch's, to the digit (its progress line and the table agree)"
+        )
     assert job["rounds"][-1]["score"] >= 0.75
 
 

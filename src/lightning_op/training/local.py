@@ -152,8 +152,9 @@ class TrainResult:
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "adapterPath": str(self.adapter_path),
-            "trainLoss": self.train_loss,
-            "validLoss": self.valid_loss,
+            # rounded as the progress lines round them, so a round's losses print as its last epoch's
+            "trainLoss": None if self.train_loss is None else round(self.train_loss, 6),
+            "validLoss": None if self.valid_loss is None else round(self.valid_loss, 6),
             "step": self.steps,
             "totalSteps": self.total_steps,
             "epoch": self.epochs,
@@ -1012,7 +1013,7 @@ class _Trainer:
         }
         if epoch_end:
             fields["epochEnd"] = True
-            fields["trainLoss"] = pos.last_epoch_loss
+            fields["trainLoss"] = None if pos.last_epoch_loss is None else round(pos.last_epoch_loss, 6)
         self.writer.emit("progress", **fields)
 
 
