@@ -165,6 +165,8 @@ class WriteCall:
     data: Any
     #: the HTTP status when the API server refused the write (409, 422, ...), else None
     refused: int | None = None
+    #: the ``fieldManager`` the request named (who owns the fields it set), else None
+    field_manager: str | None = None
 
     @property
     def kopf_bookkeeping(self) -> bool:
@@ -345,6 +347,7 @@ class Api:
                     request.subresource,
                     request.data,
                     self.emulator.refused.get(index),
+                    request.params.get("fieldManager"),
                 )
             )
         return calls

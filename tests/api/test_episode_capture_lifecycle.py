@@ -78,6 +78,10 @@ async def test_capture_from_creation_to_deletion(api, operator, objects, store):
         {"name": name, "value": value} for name, value in CAPTURE_VARS.items()
     ]
     assert objects.container_env(deployment, "proxy") == original_proxy_env
+    env_patches = [w for w in api.writes_since(0, "deployments") if w.method == "PATCH" and not w.subresource]
+    assert env_patches and {w.field_manager for w in env_patches} == {"lightning-op"}, (
+        "the env is set under the field manager lightning-op (Argo CD's managedFieldsManagers relies on it)"
+    )
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     assert obj["status"]["container"] == "agent"
     assert conditions(obj)["Ready"]["status"] == "True"

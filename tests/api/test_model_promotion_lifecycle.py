@@ -113,7 +113,13 @@ async def test_promotion_waits_for_the_gate_then_promotes_and_verifies(
         "Previous": "qwen-base",
         "Reason": "Verified",
     }, "what kubectl get mp -o wide shows"
-    assert spec_writes(api) == ["POST", "PATCH"]  # created, then one env patch (the kubelet writes /status)
+    assert spec_writes(api) == ["POST", "PATCH"]
+    (env_patch,) = [
+        w for w in api.writes_since(0, "deployments") if w.method == "PATCH" and not w.subresource
+    ]
+    assert (
+        env_patch.field_manager == "lightning-op"
+    )  # created, then one env patch (the kubelet writes /status)
     events = [(e["type"], e["reason"], e["message"]) for e in await api.events("support-agent-promotion")]
     assert [(t, r) for t, r, _ in events] == [
         ("Normal", "GateWaiting"),
