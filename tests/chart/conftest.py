@@ -201,6 +201,11 @@ def rendered(render: Renderer, values_case: str) -> Rendered:
 
 
 @pytest.fixture(scope="session")
+def value_sets() -> dict[str, dict[str, Any]]:
+    return VALUE_SETS
+
+
+@pytest.fixture(scope="session")
 def chart_dir() -> Path:
     return CHART_DIR
 

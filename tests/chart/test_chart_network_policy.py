@@ -4,7 +4,8 @@ Covers: with networkPolicy.enabled, a policy selects the operator's pods and den
 allows only the metrics port from networkPolicy.metricsFrom), and one selects the collector's pods
 and allows only its port, from the agent namespaces: networkPolicy.agentNamespaceSelector when
 given, else the watched namespaces by name, else every namespace (also when a watched namespace is a
-glob, which no label selector can express); every policy selects exactly one component's pods; with
+kopf pattern rather than a name: a glob, a negation ``!ns`` or a comma-separated list, which no label
+selector can express); every policy selects exactly one component's pods; with
 networkPolicy.enabled false (or the collector off) the policies are absent.
 """
 
@@ -80,6 +81,8 @@ def test_collector_accepts_only_its_port(rendered: Any) -> None:
             },
         ),
         ({"operator": {"watchNamespaces": ["team-*", "agents"]}}, {}),
+        ({"operator": {"watchNamespaces": ["!kube-system"]}}, {}),
+        ({"operator": {"watchNamespaces": ["agents, support"]}}, {}),
         (
             {
                 "operator": {"watchNamespaces": ["agents"]},
@@ -90,7 +93,14 @@ def test_collector_accepts_only_its_port(rendered: Any) -> None:
             {"matchLabels": {"lightning-op.dev/agents": "true"}},
         ),
     ],
-    ids=["all-namespaces", "watched-namespaces", "glob-falls-back-to-all", "explicit-selector"],
+    ids=[
+        "all-namespaces",
+        "watched-namespaces",
+        "glob-falls-back-to-all",
+        "negation-falls-back-to-all",
+        "comma-list-falls-back-to-all",
+        "explicit-selector",
+    ],
 )
 def test_agent_namespaces(render: Any, values: dict[str, Any], agents: dict[str, Any]) -> None:
     out = render(values)

@@ -8,7 +8,8 @@ accepted, labeling, training progress, promotions and rollbacks; every metric a 
 one the operator (``lightning_op.metrics.Metrics``) or the collector
 (``collector.server.CollectorMetrics``) exposes, every ``by (...)`` label is one of its labels, and
 every ``kind``/``phase`` value is a real kind and phase, so a renamed metric fails here instead of
-leaving an empty panel.
+leaving an empty panel; a panel of outcomes counts only the phases a run ends in, never one it passes
+through.
 """
 
 from __future__ import annotations
@@ -115,3 +116,24 @@ def test_dashboard_queries_only_exported_metrics_and_labels(render: Any) -> None
             phase = re.search(r'phase=~?"([^"]+)"', expr)
             if phase:
                 assert set(phase.group(1).split("|")) <= phases[kind.group(1)], f"{title}: {phase.group(1)}"
+
+
+#: the phases a run of each kind ends in (Completed: a RewardLabeling's verdict is given)
+FINISHED = {
+    "RewardLabeling": {"Completed", "Failed"},
+    "FineTuneJob": {"Succeeded", "Failed"},
+    "ModelPromotion": {"Promoted", "RolledBack", "Failed"},
+}
+
+
+def test_outcome_panels_count_only_finished_phases(render: Any) -> None:
+    dashboard = _dashboard(render({"dashboard": {"enabled": True}}))
+    assert dashboard is not None
+    outcome_panels = [(t, e) for t, e in _exprs(dashboard) if "outcome" in t.lower() and "phase=" in e]
+    assert outcome_panels, "no panel shows labeling outcomes by phase"
+    for title, expr in outcome_panels:
+        kind = re.search(r'kind="([^"]+)"', expr)
+        phase = re.search(r'phase=~?"([^"]+)"', expr)
+        assert kind and phase, f"{title}: {expr}"
+        passing = set(phase.group(1).split("|")) - FINISHED[kind.group(1)]
+        assert not passing, f"{title}: counts {sorted(passing)}, phases a {kind.group(1)} only passes through"

@@ -157,6 +157,22 @@ MODELS_NEED_A_CLASS = (
         ),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
         ({"models": {"persistence": {"storageClass": ""}}}, MODELS_NEED_A_CLASS),
+        (
+            {"store": {"cosmos": {"url": "cosmos://acct.documents.azure.com/lightning/ep"}}},
+            "store.cosmos is set but store.type is sqlite",
+        ),
+        (
+            {"store": {"cosmos": {"existingSecret": {"name": "lightning-store"}}}},
+            "store.cosmos is set but store.type is sqlite",
+        ),
+        (
+            {"collector": {"maxBodyBytes": 67108864, "maxInflightBytes": 33554432}},
+            "collector.maxInflightBytes 33554432 is below collector.maxBodyBytes 67108864",
+        ),
+        (
+            {"collector": {"enabled": False, "externalUrl": "collector.example.com:8080"}},
+            'collector.externalUrl "collector.example.com:8080" is not an http(s) URL',
+        ),
     ],
     ids=[
         "sqlite-with-two-collectors",
@@ -166,6 +182,10 @@ MODELS_NEED_A_CLASS = (
         "unknown-store",
         "no-service-account",
         "models-without-class-or-claim",
+        "cosmos-url-with-sqlite",
+        "cosmos-secret-with-sqlite",
+        "inflight-budget-below-body-limit",
+        "external-collector-not-a-url",
     ],
 )
 def test_settings_that_cannot_work_fail_the_render(render: Any, values: dict[str, Any], message: str) -> None:

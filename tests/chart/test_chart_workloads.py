@@ -9,11 +9,13 @@ and /readyz, and its Service targets that port; the store is SQLite (the only st
 one claim mounted by both, and the collector is pinned to one replica (Recreate) on the operator's
 node; claims outlive the release unless persistence.keep is off; a token Secret becomes
 --token-file; placement values reach the pods; NOTES.txt tells the next steps; every container's
-args parse with the real `lightning-op` command line.
+args parse with the real `lightning-op` command line (with the container's env in place), and every
+env var the templates set is one the code reads.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -230,10 +232,15 @@ def test_notes_tell_the_next_steps(rendered: Any) -> None:
         assert f"http://{rendered.release}-collector.{rendered.namespace}.svc:8080/v1/episodes" in notes
 
 
-def test_container_args_parse_with_the_cli(rendered: Any) -> None:
-    """Each container's args are a `lightning-op` command that accepts them (parsed, not run)."""
+def test_container_args_parse_with_the_cli(rendered: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each container's args are a `lightning-op` command that accepts them (parsed, not run), with
+    the container's env in place: options that read an env var (--store from LIGHTNING_STORE) parse
+    the value the chart sets."""
     for name, pod in rendered.pod_templates():
         for container in pod["spec"]["containers"]:
+            for var in container.get("env", []):
+                if "value" in var:
+                    monkeypatch.setenv(var["name"], str(var["value"]))
             command, *args = container["args"]
             with click.Context(cli.cli) as group_ctx:
                 resolved = cli.cli.get_command(group_ctx, command)
@@ -260,3 +267,19 @@ def test_claims_outlive_the_release_by_default(render: Any, keep: bool) -> None:
         render({}).of_kind("PersistentVolumeClaim")[0]["metadata"]["annotations"]["helm.sh/resource-policy"]
         == "keep"
     )
+
+
+def test_env_the_chart_sets_is_read_by_the_code(rendered: Any, repo_root: Path) -> None:
+    """Every env var the templates set (the values' extraEnv aside) is a name the code reads."""
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (repo_root / "src").rglob("*.py"))
+    values = rendered.values
+    extra = {
+        e["name"]
+        for section in ("operator", "collector")
+        for e in values.get(section, {}).get("extraEnv", [])
+    }
+    for name, pod in rendered.pod_templates():
+        for container in pod["spec"]["containers"]:
+            for var in container.get("env", []):
+                if var["name"] not in extra:
+                    assert f'"{var["name"]}"' in source, f"{name}: {var['name']} is read nowhere in src/"

@@ -65,8 +65,39 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-collector" (include "lightning-op.fullname" .) }}
 {{- end }}
 
-{{- define "lightning-op.collectorUrl" -}}
+{{/* The collector Service's URL, whether or not this release runs the collector. */}}
+{{- define "lightning-op.collectorServiceUrl" -}}
 {{- printf "http://%s.%s.svc:%v" (include "lightning-op.collectorName" .) .Release.Namespace .Values.collector.service.port }}
+{{- end }}
+
+{{/* The collector URL the operator gives agents (LIGHTNING_COLLECTOR_URL): the release's own
+collector, else collector.externalUrl, else the Service URL anyway (the operator needs a default;
+NOTES says that no collector answers there). */}}
+{{- define "lightning-op.collectorUrl" -}}
+{{- if or .Values.collector.enabled (not .Values.collector.externalUrl) }}
+{{- include "lightning-op.collectorServiceUrl" . }}
+{{- else }}
+{{- .Values.collector.externalUrl }}
+{{- end }}
+{{- end }}
+
+{{/* Whether every operator.watchNamespaces entry is a plain namespace name ("true" or ""): kopf also
+takes globs (team-*, [ab]*), negations (!kube-system) and comma-separated lists, which no label
+selector can express. */}}
+{{- define "lightning-op.watchesPlainNames" -}}
+{{- $plain := true }}
+{{- range .Values.operator.watchNamespaces }}{{ if regexMatch "[*?\\[!,]" . }}{{ $plain = false }}{{ end }}{{ end }}
+{{- if and .Values.operator.watchNamespaces $plain }}true{{ end }}
+{{- end }}
+
+{{/* The namespaceSelector of the agents that may post episodes, as YAML ("{}": every namespace):
+networkPolicy.agentNamespaceSelector, else the watched namespaces when they are plain names. */}}
+{{- define "lightning-op.agentNamespaceSelector" -}}
+{{- $agents := .Values.networkPolicy.agentNamespaceSelector }}
+{{- if and (not $agents) (include "lightning-op.watchesPlainNames" .) }}
+{{- $agents = dict "matchExpressions" (list (dict "key" "kubernetes.io/metadata.name" "operator" "In" "values" .Values.operator.watchNamespaces)) }}
+{{- end }}
+{{- toYaml (default (dict) $agents) }}
 {{- end }}
 
 {{- define "lightning-op.storeClaimName" -}}
@@ -86,11 +117,24 @@ app.kubernetes.io/component: {{ .component }}
 {{- if not (has .Values.store.type (list "sqlite" "cosmos")) }}
 {{- fail (printf "store.type %q is not supported: use sqlite (cosmos is planned)" (toString .Values.store.type)) }}
 {{- end }}
+{{- with .Values.store.cosmos }}
+{{- if and (eq $.Values.store.type "sqlite") (or .url .existingSecret.name) }}
+{{- fail "store.cosmos is set but store.type is sqlite, so it would be ignored: the Azure Cosmos DB store is planned, not in this build. Remove store.cosmos.url and store.cosmos.existingSecret.name" }}
+{{- end }}
+{{- end }}
 {{- if and (eq .Values.store.type "sqlite") (gt (int .Values.collector.replicas) 1) }}
 {{- fail (printf "collector.replicas is %v but store.type sqlite allows one writer: set collector.replicas=1" .Values.collector.replicas) }}
 {{- end }}
 {{- if and (eq .Values.store.type "cosmos") (not .Values.store.cosmos.url) (not .Values.store.cosmos.existingSecret.name) }}
 {{- fail "store.type cosmos needs store.cosmos.existingSecret.name (a Secret holding the store URL) or store.cosmos.url (with workload identity)" }}
+{{- end }}
+{{- with .Values.collector }}
+{{- if and .enabled .maxInflightBytes (lt (int64 .maxInflightBytes) (int64 .maxBodyBytes)) }}
+{{- fail (printf "collector.maxInflightBytes %d is below collector.maxBodyBytes %d: the collector refuses to start, as a body of the largest allowed size could never be taken. Raise maxInflightBytes, or leave it empty (4 x maxBodyBytes)" (int64 .maxInflightBytes) (int64 .maxBodyBytes)) }}
+{{- end }}
+{{- if and (not .enabled) .externalUrl (not (regexMatch "^https?://" .externalUrl)) }}
+{{- fail (printf "collector.externalUrl %q is not an http(s) URL: agents' capture clients would turn capture off. Give http://host:port or https://host:port" .externalUrl) }}
+{{- end }}
 {{- end }}
 {{- with .Values.models }}
 {{- if and .enabled (not .persistence.existingClaim) (not .persistence.storageClass) }}
