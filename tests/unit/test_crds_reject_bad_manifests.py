@@ -266,6 +266,13 @@ BAD: list[tuple[str, str, dict[str, Any], str, str]] = [
         "Unsupported",
     ),
     (
+        "ftj-image-pull-secret-bare-string",
+        "ftj",
+        {"spec.resources.imagePullSecrets": ["ghcr-pull"]},
+        "spec.resources.imagePullSecrets[0]",
+        "type",
+    ),
+    (
         "ftj-secret-ref-without-key",
         "ftj",
         {"spec.credentials": {"secretRef": {"name": "azure-openai"}}},

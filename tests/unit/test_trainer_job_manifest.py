@@ -245,7 +245,12 @@ def test_node_selector_and_tolerations_from_spec() -> None:
 
 def test_defaults_set_no_node_selector_or_tolerations() -> None:
     pod = _pod(_job())
-    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "nodeSelector" not in pod and "tolerations" not in pod and "imagePullSecrets" not in pod
+
+
+def test_image_pull_secrets_from_spec_let_a_private_trainer_image_be_pulled() -> None:
+    pod = _pod(_job(resources={"imagePullSecrets": [{"name": "ghcr-pull"}, {"name": "acr-pull"}]}))
+    assert pod["imagePullSecrets"] == [{"name": "ghcr-pull"}, {"name": "acr-pull"}]
 
 
 def test_model_volume_is_mounted_at_models_and_holds_the_config() -> None:

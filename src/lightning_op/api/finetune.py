@@ -226,6 +226,12 @@ class Toleration(ApiModel):
         return self
 
 
+class LocalSecretRef(ApiModel):
+    """A Secret in the same namespace, by name (a Pod's ``imagePullSecrets`` entry)."""
+
+    name: K8sName = Field(description="Name of the Secret, in the same namespace as this object.")
+
+
 class ResourcesSpec(ApiModel):
     """What the trainer Pod asks for and where it may run (local backend)."""
 
@@ -245,6 +251,13 @@ class ResourcesSpec(ApiModel):
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(
         default_factory=list,
         description="Tolerations for the trainer Pod (GPU node pools are often tainted).",
+    )
+    image_pull_secrets: Annotated[list[LocalSecretRef], Field(max_length=8)] = Field(
+        default_factory=list,
+        description=(
+            "Secrets (kubernetes.io/dockerconfigjson, in this namespace) the trainer Pod pulls its "
+            "image with, as a Pod's imagePullSecrets: the trainer image in a private registry."
+        ),
     )
 
 

@@ -291,6 +291,8 @@ def build_trainer_job(
     }
     if options.service_account_name:
         pod_spec["serviceAccountName"] = options.service_account_name
+    if spec.resources.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": ref.name} for ref in spec.resources.image_pull_secrets]
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     tolerations = _tolerations(spec.resources)
