@@ -418,7 +418,7 @@ def test_a_full_write_queue_answers_429_and_the_client_waits_it_out(tmp_path: Pa
                 wait_for_metric(proc.url, "lightning_collector_batches_pending", pending)
                 time.sleep(0.1)  # the writer takes the first batch off the queue
             full = httpx.post(f"{proc.url}/v1/episodes", content=body(2), headers=JSON)
-            not_ready = httpx.get(f"{proc.url}/readyz")
+            ready_while_full = httpx.get(f"{proc.url}/readyz")
             for turn in range(5):
                 with recorder.record(query="q", session_id="queued", turn=turn):
                     pass
@@ -431,7 +431,8 @@ def test_a_full_write_queue_answers_429_and_the_client_waits_it_out(tmp_path: Pa
 
     assert full.status_code == 429 and full.headers["Retry-After"] == "1"
     assert "queue is full" in full.json()["error"]
-    assert not_ready.status_code == 503
+    assert ready_while_full.status_code == 200, "backpressure is 429 on ingest, not an unready pod"
+    assert ready_while_full.json()["queueFull"] is True
     assert during["retries"] >= 1 and during["accepted"] == 0
     assert recorder.stats["accepted"] == 5
     assert answers == [200, 200]

@@ -46,10 +46,12 @@ about 12 x ``max_inflight_bytes`` above its base (the chart's 512 MiB limit fits
 On SIGTERM or SIGINT (``serve``) the collector stops listening, lets the requests in flight finish
 (their batches are committed and answered), closes the store and returns.
 
-``GET /healthz`` (the process answers), ``GET /readyz`` (the store answers a read and the queue has
-room) and ``GET /metrics`` (Prometheus, one registry per app) need no token: probes and scrapers
-carry no secret, and they expose only counts. Episode contents are never logged (they may hold
-personal data); logs carry counts.
+``GET /healthz`` (the process answers), ``GET /readyz`` (the store answers a read; a full write
+queue is backpressure, answered with 429 and Retry-After on ingest and reported in the body here, not
+unreadiness: taking the only replica out of its Service would turn those 429s into connection errors
+and stop the scrapes) and ``GET /metrics`` (Prometheus, one registry per app) need no token: probes
+and scrapers carry no secret, and they expose only counts. Episode contents are never logged (they
+may hold personal data); logs carry counts.
 """
 
 from __future__ import annotations
@@ -815,12 +817,12 @@ class Collector:
         return _json({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.writer.full():
-            return _json({"status": "not ready", "reason": "the write queue is full"}, status=503)
-        problem = await self.writer.probe()
-        if problem is not None:
-            return _json({"status": "not ready", "reason": problem}, status=503)
-        return _json({"status": "ready", "queueDepth": self.writer.depth})
+        full = self.writer.full()
+        if not full:  # a full queue means the writer is busy: the probe would only wait behind it
+            problem = await self.writer.probe()
+            if problem is not None:
+                return _json({"status": "not ready", "reason": problem}, status=503)
+        return _json({"status": "ready", "queueDepth": self.writer.depth, "queueFull": full})
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         self.metrics.queue_depth.set(self.writer.depth)
