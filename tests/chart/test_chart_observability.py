@@ -8,8 +8,8 @@ accepted, labeling, training progress, promotions and rollbacks; every metric a 
 one the operator (``lightning_op.metrics.Metrics``) or the collector
 (``collector.server.CollectorMetrics``) exposes, every ``by (...)`` label is one of its labels, and
 every ``kind``/``phase`` value is a real kind and phase, so a renamed metric fails here instead of
-leaving an empty panel; a panel of outcomes counts only the phases a run ends in, never one it passes
-through.
+leaving an empty panel; every metric the code exports is on some panel; a panel of outcomes counts
+only the phases a run ends in, never one it passes through.
 """
 
 from __future__ import annotations
@@ -94,6 +94,19 @@ def test_dashboard_covers_the_loop(render: Any) -> None:
         assert needle in queried, f"no panel queries {needle}"
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_every_exported_metric_has_a_panel(render: Any) -> None:
+    """A metric the code exports and no panel shows is one an operator of the system never sees."""
+    dashboard = _dashboard(render({"dashboard": {"enabled": True}}))
+    assert dashboard is not None
+    queried = " ".join(expr for _, expr in _exprs(dashboard))
+    families: dict[str, list[str]] = {}
+    for sample in _exported():
+        family = re.sub(r"(_total|_bucket|_sum|_count|_created)$", "", sample)
+        families.setdefault(family, []).append(sample)
+    unseen = sorted(f for f, samples in families.items() if not any(s in queried for s in samples))
+    assert not unseen, f"exported but on no panel: {unseen}"
 
 
 def test_dashboard_queries_only_exported_metrics_and_labels(render: Any) -> None:
