@@ -9,7 +9,11 @@ global: tests start several operators in one process. Names follow Prometheus co
   ``lightning_op_reconcile_duration_seconds{kind}``: every handler call (``controllers.common.instrumented``);
 - ``lightning_op_objects{kind,phase}``: objects per phase, from the phases the controllers write;
 - ``lightning_op_training_progress_percent{namespace,name}``: per FineTuneJob, set by its controller;
-- ``lightning_op_promotions_total{namespace,outcome}`` and ``lightning_op_rollbacks_total{namespace,reason}``.
+- ``lightning_op_promotions_total{namespace,outcome}`` and ``lightning_op_rollbacks_total{namespace,reason}``;
+- ``lightning_op_labeling_score{namespace,name,statistic}`` and
+  ``lightning_op_labeling_verdict{namespace,name,verdict}`` (1 for the current verdict): a
+  RewardLabeling's last dry run, from its status;
+- ``lightning_op_finetune_score{namespace,name,model}``: a FineTuneJob's ``baseline`` and ``best`` scores.
 
 Imports only prometheus-client.
 """
@@ -17,6 +21,8 @@ Imports only prometheus-client.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -69,7 +75,27 @@ class Metrics:
             ["namespace", "reason"],
             registry=self.registry,
         )
+        self.labeling_score = Gauge(
+            "lightning_op_labeling_score",
+            "A RewardLabeling's last dry run: mean, std, fractionAboveZero or fractionPerfect of its scores.",
+            ["namespace", "name", "statistic"],
+            registry=self.registry,
+        )
+        self.labeling_verdict = Gauge(
+            "lightning_op_labeling_verdict",
+            "1 for a RewardLabeling's current verdict (GO, WARNING, NO-GO).",
+            ["namespace", "name", "verdict"],
+            registry=self.registry,
+        )
+        self.finetune_score = Gauge(
+            "lightning_op_finetune_score",
+            "A FineTuneJob's evaluation score of the base model (baseline) and of its best round (best).",
+            ["namespace", "name", "model"],
+            registry=self.registry,
+        )
         self._phases: dict[tuple[str, str, str], str] = {}
+        #: the figure series of each object: (gauge, label values) to remove when it changes or goes
+        self._figures: dict[tuple[str, str, str], set[tuple[Gauge, tuple[str, ...]]]] = {}
         self._lock = threading.Lock()
 
     def observe_reconcile(self, kind: str, handler: str, outcome: str, seconds: float) -> None:
@@ -90,6 +116,35 @@ class Metrics:
             else:
                 self._phases[key] = phase
                 self.objects.labels(kind=kind, phase=phase).inc()
+
+    def observe_figures(self, kind: str, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
+        """The key figures of a RewardLabeling's or FineTuneJob's ``status`` (None: the object is gone,
+        its series are removed); other kinds have none."""
+        wanted: dict[tuple[Gauge, tuple[str, ...]], float] = {}
+        if status is not None and kind == "RewardLabeling":
+            scores = status.get("scores") or {}
+            for statistic in ("mean", "std", "fractionAboveZero", "fractionPerfect"):
+                if isinstance(scores.get(statistic), int | float):
+                    wanted[(self.labeling_score, (namespace, name, statistic))] = float(scores[statistic])
+            if status.get("verdict"):
+                wanted[(self.labeling_verdict, (namespace, name, str(status["verdict"])))] = 1.0
+        elif status is not None and kind == "FineTuneJob":
+            for model, score in (
+                ("baseline", (status.get("baseline") or {}).get("score")),
+                ("best", (status.get("result") or {}).get("score")),
+            ):
+                if isinstance(score, int | float):
+                    wanted[(self.finetune_score, (namespace, name, model))] = float(score)
+        key = (kind, namespace, name)
+        with self._lock:
+            for gauge, labels in self._figures.get(key, set()) - set(wanted):
+                gauge.remove(*labels)
+            for (gauge, labels), value in wanted.items():
+                gauge.labels(*labels).set(value)
+            if wanted:
+                self._figures[key] = set(wanted)
+            else:
+                self._figures.pop(key, None)
 
     def set_training_progress(self, namespace: str, name: str, percent: float | None) -> None:
         """A FineTuneJob's progress; None removes its series (the job is gone)."""

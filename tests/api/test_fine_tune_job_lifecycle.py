@@ -171,6 +171,9 @@ async def test_rounds_until_the_threshold_is_met(
     await api.wait_for(reconciled, what="the restarted operator's first reconcile")
     await _sleep_ticks()
     assert api.writes_since(mark) == []
+    metrics = await ftj_operator.metrics()
+    assert 'lightning_op_finetune_score{model="baseline",name="ftj-1",namespace="test"} 0.4' in metrics
+    assert 'lightning_op_finetune_score{model="best",name="ftj-1",namespace="test"} 0.8' in metrics
 
 
 async def _sleep_ticks() -> None:

@@ -91,6 +91,8 @@ async def test_delete_removes_the_trainer_jobs(
     await api.wait_for(lambda: api.get("Job", "gone-r1"), what="round 1 Job")
     obj = await api.get("FineTuneJob", "gone")
     assert obj is not None and "lightning-op.dev/finalizer" in obj["metadata"]["finalizers"]
+    baseline = 'lightning_op_finetune_score{model="baseline",name="gone",namespace="test"} 0.3'
+    assert baseline in await ftj_operator.metrics()
 
     await api.delete("FineTuneJob", "gone")
 
@@ -98,6 +100,7 @@ async def test_delete_removes_the_trainer_jobs(
         return await api.get("FineTuneJob", "gone") is None and await api.list("Job") == []
 
     await api.wait_for(all_gone, what="FineTuneJob and its Jobs deleted")
+    assert 'name="gone"' not in await ftj_operator.metrics(), "its progress and scores leave with it"
     layout_dir = models_dir / "finetunejobs" / "test"
     assert any(layout_dir.iterdir()), "files on the model volume (dataset, adapters) are kept"
 

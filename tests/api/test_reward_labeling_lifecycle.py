@@ -100,16 +100,19 @@ async def test_labeling_runs_to_a_verdict(api: Any, operator_process: Any, store
             in metrics
         )
     assert 'lightning_op_objects{kind="RewardLabeling",phase="Completed"} 3.0' in metrics
+    go = 'name="rl-go",namespace="test"'
+    assert f'lightning_op_labeling_verdict{{{go},verdict="GO"}} 1.0' in metrics
+    assert f'lightning_op_labeling_score{{{go},statistic="mean"}} 0.5' in metrics
+    assert 'lightning_op_labeling_verdict{name="rl-nogo",namespace="test",verdict="NO-GO"} 1.0' in metrics
 
     # a restarted operator resumes every daemon (Once and Continuous) at its settled stage: no write,
     # and the objects it found settled are counted by phase again
     await operator_process.restart()
     await asyncio.sleep(1.5)  # several labeling polls of every resumed daemon
     assert api.writes_since(mark) == []
-    assert (
-        'lightning_op_objects{kind="RewardLabeling",phase="Completed"} 3.0'
-        in await operator_process.metrics()
-    )
+    restarted = await operator_process.metrics()
+    assert 'lightning_op_objects{kind="RewardLabeling",phase="Completed"} 3.0' in restarted
+    assert f'lightning_op_labeling_verdict{{{go},verdict="GO"}} 1.0' in restarted, "figures restored too"
 
     # a deleted one leaves the gauge
     await api.delete("RewardLabeling", "rl-go")
@@ -122,6 +125,7 @@ async def test_labeling_runs_to_a_verdict(api: Any, operator_process: Any, store
         )
 
     await api.wait_for(uncounted, what="rl-go out of the phase gauge")
+    assert go not in await operator_process.metrics(), "its figures leave with it"
 
 
 async def _gone(api: Any, name: str) -> bool:

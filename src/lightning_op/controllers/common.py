@@ -465,6 +465,7 @@ class StatusWriter:
         if phase:
             # a restarted operator counts the objects it finds settled (they write nothing more)
             rt.metrics.observe_phase(kind, str(body.meta.namespace), str(body.meta.name), str(phase))
+            rt.metrics.observe_figures(kind, str(body.meta.namespace), str(body.meta.name), self.current)
 
     def view(self, generation: int | None) -> kopf.Body:
         """The object with the status we wrote last, at ``generation``: the one the daemon worked on,
@@ -501,6 +502,7 @@ class StatusWriter:
             self.rt.cluster.patch_custom_status, self.plural, str(meta.namespace), str(meta.name), changes
         )
         self.current = current_status(view, patch)
+        self.rt.metrics.observe_figures(self.kind, str(meta.namespace), str(meta.name), self.current)
         return True
 
 
