@@ -61,8 +61,8 @@ class VersionStats:
             "modelVersion": self.model_version,
             "episodes": self.episodes,
             "labeled": self.labeled,
-            "avgReward": None if self.avg_reward is None else round(self.avg_reward, 6),
-            "stdReward": None if self.std_reward is None else round(self.std_reward, 6),
+            "avgReward": _rounded(self.avg_reward),
+            "stdReward": _rounded(self.std_reward),
             "minReward": self.min_reward,
             "maxReward": self.max_reward,
             "errorRate": _rounded(self.error_rate),
@@ -145,13 +145,12 @@ class Comparison:
         return None if before is None or after is None else after - before
 
     def to_json_dict(self) -> dict[str, Any]:
-        delta = self.reward_delta
         return {
             "agentId": self.agent_id,
             "since": self.since.isoformat() if self.since else None,
             "before": self.before.to_json_dict(),
             "after": self.after.to_json_dict(),
-            "rewardDelta": None if delta is None else round(delta, 6),
+            "rewardDelta": _rounded(self.reward_delta),
             "errorRateDelta": _rounded(self.error_rate_delta),
         }
 
@@ -407,18 +406,17 @@ def promote(
     ``PromotionError``, before anything changes, when the promoted model would have the previous
     model's name: live episodes of both would be one model version, which no comparison can split.
     """
-    server: dict[str, Any] | None = None
-    if serve_url:
-        before = served_adapter(serve_url, token=token)
-        if previous_model is None:
-            previous_model = before.get("tunedName") if before.get("adapter") else before.get("baseName")
-        _check_new_name(model_name or before.get("tunedName"), previous_model)
-        server = switch_served_adapter(serve_url, adapter, name=model_name, token=token)
-        model_name = model_name or server.get("tunedName")
+    before = served_adapter(serve_url, token=token) if serve_url else {}
+    if previous_model is None and before:
+        previous_model = before.get("tunedName") if before.get("adapter") else before.get("baseName")
     if previous_model is None and agent_id is not None:
         last = latest_promotion(store, agent_id=agent_id)
         previous_model = last.get("promotedModel") if last else None
-    _check_new_name(model_name or adapter, previous_model)
+    _check_new_name(model_name or before.get("tunedName") or adapter, previous_model)
+    server: dict[str, Any] | None = None
+    if serve_url:
+        server = switch_served_adapter(serve_url, adapter, name=model_name, token=token)
+        model_name = model_name or server.get("tunedName")
     now = datetime.now(UTC)
     promotion_id = f"promo-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     data: dict[str, Any] = {
