@@ -103,9 +103,12 @@ class Metrics:
         self.reconcile_seconds.labels(kind=kind).observe(seconds)
 
     def observe_phase(self, kind: str, namespace: str, name: str, phase: str | None) -> None:
-        """Record an object's current phase (None: the object is gone) and update the per-phase gauge."""
+        """Record an object's current phase (None: the object is gone, and its figures go with it,
+        see ``observe_figures``) and update the per-phase gauge."""
         key = (kind, namespace, name)
         with self._lock:
+            if phase is None:
+                self._set_figures(key, {})
             old = self._phases.get(key)
             if old == phase:
                 return
@@ -117,34 +120,39 @@ class Metrics:
                 self._phases[key] = phase
                 self.objects.labels(kind=kind, phase=phase).inc()
 
-    def observe_figures(self, kind: str, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
-        """The key figures of a RewardLabeling's or FineTuneJob's ``status`` (None: the object is gone,
-        its series are removed); other kinds have none."""
+    def observe_figures(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """The key figures of a RewardLabeling's or FineTuneJob's ``status``; other kinds have none.
+        ``observe_phase(..., None)`` removes them with the object."""
         wanted: dict[tuple[Gauge, tuple[str, ...]], float] = {}
-        if status is not None and kind == "RewardLabeling":
+        if kind == "RewardLabeling":
             scores = status.get("scores") or {}
             for statistic in ("mean", "std", "fractionAboveZero", "fractionPerfect"):
                 if isinstance(scores.get(statistic), int | float):
                     wanted[(self.labeling_score, (namespace, name, statistic))] = float(scores[statistic])
             if status.get("verdict"):
                 wanted[(self.labeling_verdict, (namespace, name, str(status["verdict"])))] = 1.0
-        elif status is not None and kind == "FineTuneJob":
+        elif kind == "FineTuneJob":
             for model, score in (
                 ("baseline", (status.get("baseline") or {}).get("score")),
                 ("best", (status.get("result") or {}).get("score")),
             ):
                 if isinstance(score, int | float):
                     wanted[(self.finetune_score, (namespace, name, model))] = float(score)
-        key = (kind, namespace, name)
         with self._lock:
-            for gauge, labels in self._figures.get(key, set()) - set(wanted):
-                gauge.remove(*labels)
-            for (gauge, labels), value in wanted.items():
-                gauge.labels(*labels).set(value)
-            if wanted:
-                self._figures[key] = set(wanted)
-            else:
-                self._figures.pop(key, None)
+            self._set_figures((kind, namespace, name), wanted)
+
+    def _set_figures(
+        self, key: tuple[str, str, str], wanted: dict[tuple[Gauge, tuple[str, ...]], float]
+    ) -> None:
+        """Set one object's figure series to ``wanted``, removing the others; under ``_lock``."""
+        for gauge, labels in self._figures.get(key, set()) - set(wanted):
+            gauge.remove(*labels)
+        for (gauge, labels), value in wanted.items():
+            gauge.labels(*labels).set(value)
+        if wanted:
+            self._figures[key] = set(wanted)
+        else:
+            self._figures.pop(key, None)
 
     def set_training_progress(self, namespace: str, name: str, percent: float | None) -> None:
         """A FineTuneJob's progress; None removes its series (the job is gone)."""

@@ -264,7 +264,6 @@ async def _delete_trainer_jobs(rt: common.Runtime, body: kopf.Body, status_raw: 
         log.warning("FineTuneJob %s/%s deleted, its trainer Jobs not: %s", namespace, body.meta.name, exc)
     rt.metrics.set_training_progress(namespace, str(body.meta.name), None)
     rt.metrics.observe_phase(KIND, namespace, str(body.meta.name), None)
-    rt.metrics.observe_figures(KIND, namespace, str(body.meta.name), None)
 
 
 # ----------------------------------------------------------------------------------------- helpers

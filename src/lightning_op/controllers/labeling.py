@@ -62,7 +62,6 @@ async def run_labeling(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonSto
         reason = stopped.reason
         if reason is not None and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
             rt.metrics.observe_phase(KIND, str(body.meta.namespace), str(body.meta.name), None)
-            rt.metrics.observe_figures(KIND, str(body.meta.namespace), str(body.meta.name), None)
 
 
 async def _stages_until_stopped(
