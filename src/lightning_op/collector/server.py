@@ -57,6 +57,7 @@ may hold personal data); logs carry counts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hmac
 import logging
@@ -64,7 +65,7 @@ import re
 import signal
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -165,15 +166,34 @@ class ByteBudget:
         self.limit = limit
         self.held = 0
 
-    def take(self, size: int) -> bool:
-        """Hold ``size`` more bytes if that stays within the limit; False (nothing held) otherwise."""
-        if self.held + size > self.limit:
-            return False
-        self.held += size
-        return True
+    @contextlib.contextmanager
+    def reservation(self) -> Iterator[Reservation]:
+        """One request's share of the budget, given back when the request is answered."""
+        share = Reservation(self)
+        try:
+            yield share
+        finally:
+            self.held -= share.size
 
-    def give(self, size: int) -> None:
-        self.held -= size
+
+class Reservation:
+    """The bytes one request holds of a ``ByteBudget``."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def grow_to(self, size: int) -> bool:
+        """Hold ``size`` bytes in all (nothing to do if it holds that many already); False, and
+        nothing more held, when that would take the budget over its limit."""
+        extra = size - self.size
+        if extra <= 0:
+            return True
+        if self.budget.held + extra > self.budget.limit:
+            return False
+        self.budget.held += extra
+        self.size = size
+        return True
 
 
 class ListenError(Exception):
@@ -738,12 +758,9 @@ class Collector:
         if encoding not in ("identity", "gzip", "x-gzip", ""):
             raise RequestError(415, f"Content-Encoding {encoding!r} is not supported: send gzip or identity")
 
-        held = [0]
-        try:
-            body = await _read_limited(request, self.config.max_body_bytes, self.budget, held)
+        with self.budget.reservation() as share:
+            body = await _read_limited(request, self.config.max_body_bytes, share)
             return await self._handle_body(request, body, content_type, encoding)
-        finally:
-            self.budget.give(held[0])
 
     async def _handle_body(
         self, request: web.Request, body: bytes, content_type: str, encoding: str
@@ -858,32 +875,28 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return _json({"error": message}, status, headers)
 
 
-async def _read_limited(request: web.Request, limit: int, budget: ByteBudget, held: list[int]) -> bytes:
-    """The body, at most ``limit`` bytes (413). Its size is taken from ``budget`` first (from the
-    Content-Length, or as it is read) and added to ``held[0]``, which the caller gives back once
-    it answered; 429 when the budget has no room."""
+async def _read_limited(request: web.Request, limit: int, share: Reservation) -> bytes:
+    """The body, at most ``limit`` bytes (413). ``share`` holds its size first (the Content-Length,
+    or as much as was read, for a chunked body); 429 when the budget has no room for it."""
     too_large = f"body is larger than {limit} bytes, the collector's limit: send smaller batches"
     busy = RequestError(
         429,
-        f"the collector is holding {budget.limit} bytes of request bodies already: retry after the "
-        "Retry-After delay",
+        f"the collector is holding {share.budget.limit} bytes of request bodies already: retry after "
+        "the Retry-After delay",
     )
     if request.content_length is not None:
         if request.content_length > limit:
             raise RequestError(413, too_large)
-        if not budget.take(request.content_length):
+        if not share.grow_to(request.content_length):
             raise busy
-        held[0] = request.content_length
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(_READ_CHUNK):
         size += len(chunk)
         if size > limit:
             raise RequestError(413, too_large)
-        if size > held[0]:  # chunked, no Content-Length
-            if not budget.take(size - held[0]):
-                raise busy
-            held[0] = size
+        if not share.grow_to(size):
+            raise busy
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
