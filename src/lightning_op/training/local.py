@@ -130,6 +130,12 @@ class TrainingFailed(RuntimeError):
         return EXIT_CODES[self.reason]
 
 
+def reported_loss(loss: float | None) -> float | None:
+    """A loss as every progress line and the round's result report it (6 digits), so a round's
+    losses print as its last epoch's."""
+    return None if loss is None else round(loss, 6)
+
+
 @dataclass
 class TrainResult:
     adapter_path: Path
@@ -152,9 +158,8 @@ class TrainResult:
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "adapterPath": str(self.adapter_path),
-            # rounded as the progress lines round them, so a round's losses print as its last epoch's
-            "trainLoss": None if self.train_loss is None else round(self.train_loss, 6),
-            "validLoss": None if self.valid_loss is None else round(self.valid_loss, 6),
+            "trainLoss": reported_loss(self.train_loss),
+            "validLoss": reported_loss(self.valid_loss),
             "step": self.steps,
             "totalSteps": self.total_steps,
             "epoch": self.epochs,
@@ -1002,8 +1007,8 @@ class _Trainer:
             "epoch": pos.epoch + (0 if epoch_end else 1),
             "step": pos.global_step,
             "totalSteps": self.total_steps,
-            "loss": round(loss, 6) if loss is not None else None,
-            "validLoss": round(pos.valid_loss, 6) if pos.valid_loss is not None else None,
+            "loss": reported_loss(loss),
+            "validLoss": reported_loss(pos.valid_loss),
             "tokens": pos.tokens_total,
             "tokensPerSecond": round(tokens_here / seconds, 1) if seconds else None,
             "etaSeconds": round(remaining * seconds / steps_here, 1) if steps_here else None,
@@ -1013,7 +1018,7 @@ class _Trainer:
         }
         if epoch_end:
             fields["epochEnd"] = True
-            fields["trainLoss"] = None if pos.last_epoch_loss is None else round(pos.last_epoch_loss, 6)
+            fields["trainLoss"] = reported_loss(pos.last_epoch_loss)
         self.writer.emit("progress", **fields)
 
 
