@@ -143,6 +143,11 @@ def print_table(
     console.print(table)
 
 
+def figure(value: float | None, spec: str) -> str:
+    """``value`` as ``format(value, spec)`` (".3f", "+.3f"), or "–" when there is none."""
+    return "–" if value is None else format(value, spec)
+
+
 def warn(message: str) -> None:
     """A one-line warning on stderr: the command goes on."""
     err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)

@@ -144,8 +144,8 @@ def demo(workdir: Path, seed: int, fast: bool, threads: int) -> None:
             (
                 side["modelVersion"],
                 side["episodes"],
-                "–" if side["avgReward"] is None else f"{side['avgReward']:.2f}",
-                "–" if side["errorRate"] is None else f"{side['errorRate']:.2f}",
+                _common.figure(side["avgReward"], ".2f"),
+                _common.figure(side["errorRate"], ".2f"),
             )
             for side in (live["before"], live["after"])
         ],

@@ -193,22 +193,25 @@ def compare_versions(
         _common.print_json({**comparison.to_json_dict(), "verification": verdict.to_json_dict()})
         return
 
-    def fmt(value: float | None) -> str:
-        return "–" if value is None else f"{value:.3f}"
-
     rows: list[tuple[str, str, int | str, int | str, str, str]] = [
-        (label, side.model_version, side.episodes, side.labeled, fmt(side.avg_reward), fmt(side.error_rate))
+        (
+            label,
+            side.model_version,
+            side.episodes,
+            side.labeled,
+            _common.figure(side.avg_reward, ".3f"),
+            _common.figure(side.error_rate, ".3f"),
+        )
         for label, side in (("before", comparison.before), ("after", comparison.after))
     ]
-    delta = comparison.reward_delta
     rows.append(
         (
             "change",
             "",
             "",
             "",
-            "–" if delta is None else f"{delta:+.3f}",
-            "–" if comparison.error_rate_delta is None else f"{comparison.error_rate_delta:+.3f}",
+            _common.figure(comparison.reward_delta, "+.3f"),
+            _common.figure(comparison.error_rate_delta, "+.3f"),
         )
     )
     _common.print_table(

@@ -284,9 +284,7 @@ class _Watcher:
 
 
 def _num(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    return f"{float(value):.{digits}f}"
+    return _common.figure(None if value is None else float(value), f".{digits}f")
 
 
 def status_rows(job: dict[str, Any]) -> list[list[Any]]:
