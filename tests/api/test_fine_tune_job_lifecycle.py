@@ -268,13 +268,7 @@ async def test_a_full_job_quota_makes_the_round_wait_not_fail(
     mark = api.mark()
     await api.create(finetune_manifest("quota", evaluation=False))
 
-    async def waiting() -> dict[str, Any] | None:
-        obj = await api.get("FineTuneJob", "quota")
-        status = (obj or {}).get("status") or {}
-        ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
-        return obj if ready.get("reason") == "QuotaExceeded" else None
-
-    obj = await api.wait_for(waiting, timeout=10, what="the QuotaExceeded condition")
+    obj = await _ready(api, "quota", "QuotaExceeded")
     assert obj["status"]["phase"] == "Training"
     ready = _condition(obj, "Ready")
     assert ready["status"] == "False"

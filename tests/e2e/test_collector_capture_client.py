@@ -88,6 +88,15 @@ AGENT_SCRIPT = textwrap.dedent(
 )
 
 
+def send_turns(recorder: capture.EpisodeRecorder, turns: int, session: str = "s") -> None:
+    """Record ``turns`` empty turns of one session, wait until the recorder delivered them, close it."""
+    for turn in range(turns):
+        with recorder.record(query="q", session_id=session, turn=turn):
+            pass
+    assert recorder.flush(10)
+    recorder.close()
+
+
 def run_agent(
     collector: CollectorProcess, tmp_path: Path, script: str, agent: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -367,11 +376,7 @@ def test_a_refused_token_is_not_retried(tmp_path: Path, caplog: pytest.LogCaptur
         right = capture.EpisodeRecorder(proc.url, "auth-bot", token="right-token-123456", flush_interval=0.05)
         with caplog.at_level(logging.WARNING, logger="lightning_op.collector.capture"):
             for recorder in (wrong, right):
-                for turn in range(3):
-                    with recorder.record(query="q", session_id="auth", turn=turn):
-                        pass
-                assert recorder.flush(10)
-                recorder.close()
+                send_turns(recorder, 3, session="auth")
 
     assert wrong.stats["failed"] == 3 and wrong.stats["retries"] == 0
     assert right.stats["accepted"] == 3
@@ -502,11 +507,7 @@ def test_retry_after_is_honoured(status: int) -> None:
     script = [(status, wait, {"error": "busy"}), (status, wait, {"error": "busy"}), (200, {}, None)]
     with ScriptedCollector(script) as server:
         recorder = capture.EpisodeRecorder(server.url, "busy-bot", backoff_base=0.01, flush_interval=0.01)
-        for turn in range(5):
-            with recorder.record(query="q", session_id="s", turn=turn):
-                pass
-        assert recorder.flush(10)
-        recorder.close()
+        send_turns(recorder, 5)
 
     gaps = [b - a for a, b in zip(server.arrivals, server.arrivals[1:], strict=False)]
     assert len(server.arrivals) == 3
@@ -521,11 +522,7 @@ def test_waits_the_collector_asks_for_are_not_failed_attempts() -> None:
     busy = (503, {"Retry-After": "0"}, {"error": "store unavailable"})
     with ScriptedCollector([busy] * 5 + [(200, {}, None)]) as server:
         recorder = capture.EpisodeRecorder(server.url, "patient-bot", max_retries=2, flush_interval=0.01)
-        for turn in range(3):
-            with recorder.record(query="q", session_id="s", turn=turn):
-                pass
-        assert recorder.flush(10)
-        recorder.close()
+        send_turns(recorder, 3)
     assert len(server.arrivals) == 6
     assert recorder.stats["accepted"] == 3 and recorder.stats["failed"] == 0
 
@@ -542,11 +539,7 @@ def test_per_item_rejections_are_final(caplog: pytest.LogCaptureFixture) -> None
     }
     with ScriptedCollector([(422, {}, rejected)]) as server, caplog.at_level(logging.WARNING):
         recorder = capture.EpisodeRecorder(server.url, "reject-bot", flush_interval=0.01)
-        for turn in range(2):
-            with recorder.record(query="q", session_id="s", turn=turn):
-                pass
-        assert recorder.flush(10)
-        recorder.close()
+        send_turns(recorder, 2)
 
     assert len(server.arrivals) == 1
     assert recorder.stats["rejected"] == 2 and recorder.stats["retries"] == 0
