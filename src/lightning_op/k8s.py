@@ -119,6 +119,9 @@ class Cluster:
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        #: on every typed call: the raw response (read as plain dicts, no client model classes) and
+        #: the timeouts
+        self._raw: dict[str, Any] = {"_preload_content": False, "_request_timeout": timeout}
 
     def _send_json(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Send ``body`` as it is. The typed methods (``create_namespaced_job``...) first validate a
@@ -147,9 +150,7 @@ class Cluster:
             return _json(
                 _call(
                     f"get Deployment {namespace}/{name}",
-                    lambda: self.apps.read_namespaced_deployment(
-                        name, namespace, _preload_content=False, _request_timeout=self.timeout
-                    ),
+                    lambda: self.apps.read_namespaced_deployment(name, namespace, **self._raw),
                 )
             )
         except NotFound:
@@ -164,8 +165,7 @@ class Cluster:
                     namespace,
                     ops,
                     field_manager=constants.FIELD_MANAGER,
-                    _preload_content=False,
-                    _request_timeout=self.timeout,
+                    **self._raw,
                 ),
             )
         )
@@ -177,9 +177,7 @@ class Cluster:
             return _json(
                 _call(
                     f"get Job {namespace}/{name}",
-                    lambda: self.batch.read_namespaced_job(
-                        name, namespace, _preload_content=False, _request_timeout=self.timeout
-                    ),
+                    lambda: self.batch.read_namespaced_job(name, namespace, **self._raw),
                 )
             )
         except NotFound:
@@ -209,8 +207,7 @@ class Cluster:
                     name,
                     namespace,
                     propagation_policy="Background",
-                    _preload_content=False,
-                    _request_timeout=self.timeout,
+                    **self._raw,
                 ),
             )
             return True
@@ -227,8 +224,7 @@ class Cluster:
                     namespace,
                     patch,
                     field_manager=constants.FIELD_MANAGER,
-                    _preload_content=False,
-                    _request_timeout=self.timeout,
+                    **self._raw,
                 ),
             )
         )
@@ -240,8 +236,7 @@ class Cluster:
                 lambda: self.core.list_namespaced_pod(
                     namespace,
                     label_selector=f"job-name={job_name}",
-                    _preload_content=False,
-                    _request_timeout=self.timeout,
+                    **self._raw,
                 ),
             )
         )
@@ -258,8 +253,7 @@ class Cluster:
                 namespace,
                 container=container,
                 tail_lines=lines,
-                _preload_content=False,
-                _request_timeout=self.timeout,
+                **self._raw,
             ),
         )
         # With _preload_content=False the client returns the raw urllib3 response, not a str.
@@ -282,9 +276,7 @@ class Cluster:
         data = _json(
             _call(
                 f"list Events of Job {namespace}/{job_name}",
-                lambda: self.core.list_namespaced_event(
-                    namespace, field_selector=selector, _preload_content=False, _request_timeout=self.timeout
-                ),
+                lambda: self.core.list_namespaced_event(namespace, field_selector=selector, **self._raw),
             )
         )
         events: list[dict[str, Any]] = data.get("items", [])
@@ -312,8 +304,7 @@ class Cluster:
                         namespace,
                         plural,
                         name,
-                        _preload_content=False,
-                        _request_timeout=self.timeout,
+                        **self._raw,
                     ),
                 )
             )
@@ -335,8 +326,7 @@ class Cluster:
                     name,
                     {"status": status},
                     field_manager=constants.FIELD_MANAGER,
-                    _preload_content=False,
-                    _request_timeout=self.timeout,
+                    **self._raw,
                 ),
             )
         )
@@ -348,9 +338,7 @@ class Cluster:
         data = _json(
             _call(
                 f"get Secret {namespace}/{name}",
-                lambda: self.core.read_namespaced_secret(
-                    name, namespace, _preload_content=False, _request_timeout=self.timeout
-                ),
+                lambda: self.core.read_namespaced_secret(name, namespace, **self._raw),
             )
         )
         encoded = (data.get("data") or {}).get(key)
