@@ -8,7 +8,8 @@ the agent container only (other env and the sidecar untouched, one Deployment pa
 awaited (status.rollout), live episodes of the old and new model are compared during the verification
 window (status.comparison) and the promotion ends Promoted with Verified True; the Events tell the
 story phase by phase and ``lightning_op_promotions_total{outcome="promoted"}`` counts it; verification
-ticks that find no new traffic write nothing. A
+ticks that find no new traffic write nothing; a ``Ready`` left at StoreUnavailable (by an operator
+that met a store outage) is put back by the next tick that reads the store. A
 promotion of a model named in the spec skips the gate, and with ``windowSeconds: 0`` is Promoted as
 soon as the rollout completes.
 """
@@ -96,6 +97,25 @@ async def test_promotion_waits_for_the_gate_then_promotes_and_verifies(
             1.0
         )  # five verification ticks with no new traffic: nothing changes, nothing written
         assert [str(w) for w in api.writes_since(mark)] == []
+
+        # An operator that met a store outage left Ready at StoreUnavailable: the next tick that
+        # reads the store puts back what verification said, word for word.
+        obj = await api.get("ModelPromotion", "support-agent-promotion")
+        verifying = conditions(obj)["Ready"]
+        assert verifying["reason"] == "Verifying" and "comparing live traffic until" in verifying["message"]
+        outage = {**verifying, "reason": "StoreUnavailable", "message": "the episode store is unavailable"}
+        left = [outage if c["type"] == "Ready" else c for c in obj["status"]["conditions"]]
+        await api.patch(
+            "ModelPromotion", "support-agent-promotion", {"status": {"conditions": left}}, subresource="status"
+        )
+
+        async def restored() -> dict | None:
+            obj = await api.get("ModelPromotion", "support-agent-promotion")
+            return obj if conditions(obj)["Ready"]["reason"] != "StoreUnavailable" else None
+
+        obj = await api.wait_for(restored, what="Ready back from StoreUnavailable")
+        assert conditions(obj)["Ready"] == verifying
+        assert obj["status"]["phase"] == "Verifying"
         store.insert_many(objects.live_episodes("support-agent", TUNED, 8, 0.9))
         obj = await api.wait_for_phase("ModelPromotion", "support-agent-promotion", "Promoted", timeout=15)
 

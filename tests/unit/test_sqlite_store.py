@@ -16,8 +16,10 @@ chunks; named records with revision checks; and closed-store errors.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -102,12 +104,51 @@ def test_memory_url_keeps_episodes_for_the_life_of_the_store() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite://host/x.db", "sqlite:///", "postgres:///x.db", "sqlite:////tmp/x.db?mode=ro"],
-    ids=["host", "no-path", "other-scheme", "options"],
+    ["sqlite://host/x.db", "sqlite:///", "postgres:///x.db"],
+    ids=["host", "no-path", "other-scheme"],
 )
 def test_bad_urls_are_refused_naming_the_url(url: str) -> None:
     with pytest.raises(base.StoreError, match="sqlite"):
         sqlite.SQLiteStore.from_url(url)
+
+
+def test_timeout_option_bounds_the_wait_for_another_writers_lock(tmp_path: Path) -> None:
+    path = tmp_path / "episodes.db"
+    with sqlite.SQLiteStore.from_url(f"sqlite:///{path}?timeout=0.2") as s:
+        assert s.busy_timeout_s == 0.2
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(base.StoreUnavailableError, match=r"database is locked.*0\.2s"):
+                s.insert_many([make_episode(1)])
+            assert time.monotonic() - started < 5
+        finally:
+            holder.rollback()
+            holder.close()
+        assert s.insert_many([make_episode(1)]).accepted == [make_episode(1).id]
+        assert s.url.endswith("?timeout=0.2")
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ("mode=ro", "unknown option 'mode'"),
+        ("timeout=1&cache=shared", "unknown option 'cache'"),
+        ("timeout", "timeout must be one number"),
+        ("timeout=soon", "timeout must be one number of seconds above 0, got 'soon'"),
+        ("timeout=0", "got '0'"),
+        ("timeout=-1", "got '-1'"),
+        ("timeout=inf", "got 'inf'"),
+        ("timeout=1&timeout=2", "got '1', '2'"),
+        ("&x=1", "unknown option '', 'x'"),
+    ],
+)
+def test_bad_url_options_are_refused_naming_the_option(tmp_path: Path, options: str, named: str) -> None:
+    path = tmp_path / "episodes.db"
+    with pytest.raises(base.StoreError, match=re.escape(named)):
+        sqlite.SQLiteStore.from_url(f"sqlite:///{path}?{options}")
+    assert not path.exists()
 
 
 def test_file_is_in_wal_mode_and_private_to_its_owner(db: sqlite.SQLiteStore) -> None:

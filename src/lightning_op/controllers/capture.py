@@ -157,7 +157,14 @@ async def sync_capture_figures(body: kopf.Body, patch: kopf.Patch, memo: kopf.Me
         return
     rt = common.runtime(memo)
     if time.monotonic() - memo.get("purged_at", -PURGE_EVERY_S) >= PURGE_EVERY_S:
-        memo["purged_at"] = time.monotonic()
         await common.run_sync(capture_sync.purge_expired, rt.store, spec)
+        memo["purged_at"] = time.monotonic()  # a purge the store refused is tried on the next tick
     figures = await common.run_sync(capture_sync.store_figures, rt.store, str(spec.agent_id))
+    status = common.current_status(body, patch)
+    if common.store_outage(status) is not None and status.get("phase") in _SETTLED:
+        _report(body, patch, spec, str(status.get("container") or spec.target_ref.container or ""))
     common.update_status(body, patch, figures)
+
+
+#: the phases whose Ready ``_report`` writes (a store outage ends there: the timer puts Ready back)
+_SETTLED = frozenset({capture.CapturePhase.ACTIVE, capture.CapturePhase.DISABLED})

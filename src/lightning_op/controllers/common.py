@@ -364,13 +364,18 @@ def _generation(body: Mapping[str, Any]) -> int | None:
     return int(generation) if isinstance(generation, int) else None
 
 
-def phase_conditions(phase: str, reason: str, message: str, generation: int | None) -> list[Condition]:
-    """``Ready`` (True in a goal phase) and, in phase Failed, ``Failed`` True with the reason."""
-    ready = ConditionStatus.TRUE if phase in READY_PHASES else ConditionStatus.FALSE
+def phase_conditions(
+    phase: str, reason: str, message: str, generation: int | None, *, ready: bool | None = None
+) -> list[Condition]:
+    """``Ready`` (True in a goal phase unless ``ready`` says otherwise) and, in phase Failed,
+    ``Failed`` True with the reason."""
+    if ready is None:
+        ready = phase in READY_PHASES
+    status = ConditionStatus.TRUE if ready else ConditionStatus.FALSE
     found = [
         Condition(
             type=ConditionType.READY,
-            status=ready,
+            status=status,
             reason=reason,
             message=message,
             observed_generation=generation,
@@ -398,17 +403,19 @@ def set_phase(
     *,
     conditions: Iterable[Condition] = (),
     fields: Mapping[str, Any] | None = None,
+    ready: bool | None = None,
 ) -> bool:
     """Write ``phase``, ``observedGeneration``, the ``Ready``/``Failed`` conditions plus ``conditions``
     and ``fields`` into ``patch.status`` where they differ from the object's status; post an Event
     (Warning for Failed and RolledBack) when the phase changes. Returns whether anything changed.
+    ``Ready`` is True in a goal phase (``READY_PHASES``) unless ``ready`` is given.
 
     ``lastTransitionTime`` moves only when a condition's status flips (``set_condition``), so calling
     this again with the same arguments changes nothing and writes nothing."""
     current = current_status(body, patch)
     generation = _generation(body)
     merged: list[Any] = list(current.get("conditions") or [])
-    wanted = phase_conditions(phase, reason, message, generation)
+    wanted = phase_conditions(phase, reason, message, generation, ready=ready)
     failed = get_condition(merged, ConditionType.FAILED)
     if phase != FAILED and failed is not None and failed.status == ConditionStatus.TRUE:
         wanted.append(
@@ -437,6 +444,34 @@ def set_phase(
     return changed
 
 
+def store_outage_message(exc: Exception, retry_delay: float) -> str:
+    """``Ready``'s message while the episode store is unavailable: the store's own error."""
+    return f"the episode store is unavailable: {exc}; retrying every {retry_delay:g} s"
+
+
+def hold_for_store(body: kopf.Body, patch: kopf.Patch, exc: Exception, retry_delay: float) -> None:
+    """The episode store failed a handler: ``Ready`` False with reason ``StoreUnavailable`` and the
+    store's message, the phase and the rest of the status kept; a Warning Event when the outage
+    begins (``Ready`` had another reason). Nothing for an object without a phase yet."""
+    current = current_status(body, patch)
+    phase = current.get("phase")
+    if not phase:
+        return
+    before = get_condition(current.get("conditions") or [], ConditionType.READY)
+    message = store_outage_message(exc, retry_delay)
+    set_phase(body, patch, str(phase), Reason.STORE_UNAVAILABLE, message, ready=False)
+    if before is None or before.reason != Reason.STORE_UNAVAILABLE:
+        kopf.warn(body, reason=Reason.STORE_UNAVAILABLE, message=message[:1024])
+
+
+def store_outage(status: Mapping[str, Any]) -> str | None:
+    """The message of ``Ready`` when it says the store is unavailable, else None."""
+    ready = get_condition(status.get("conditions") or [], ConditionType.READY)
+    if ready is None or ready.reason != Reason.STORE_UNAVAILABLE:
+        return None
+    return ready.message or ""
+
+
 def permanent_spec_error(body: kopf.Body, patch: kopf.Patch, exc: SpecError) -> kopf.PermanentError:
     """Phase Failed with reason InvalidSpec and a message naming the field; raise what this returns."""
     set_phase(body, patch, FAILED, Reason.INVALID_SPEC, f"invalid spec: {exc}")
@@ -453,7 +488,11 @@ class StatusWriter:
     """Writes a daemon's status with ``set_phase`` semantics (only what changed; an Event on a phase
     change) through ``Cluster.patch_custom_status``: a daemon outlives kopf's per-call patch. It keeps
     the status it wrote as the current one, because the daemon's ``body`` is updated by the watch,
-    which may lag behind our own writes (we are the only writer of the status)."""
+    which may lag behind our own writes (we are the only writer of the status).
+
+    A store outage (``store_unavailable``) holds ``Ready`` at ``StoreUnavailable`` through the
+    writes that follow in the same phase, until ``store_recovered`` or a phase change: a retry that
+    reports its progress again does not flip ``Ready`` back and forth, nor post a Warning each time."""
 
     def __init__(self, rt: Runtime, body: kopf.Body, kind: str) -> None:
         self.rt = rt
@@ -461,6 +500,8 @@ class StatusWriter:
         self.kind = kind
         self.plural = kinds.kind_info(kind).plural
         self.current: dict[str, Any] = dict(body.get("status") or {})
+        #: ``Ready``'s message while the store is unavailable (also after an operator restart)
+        self.store_error: str | None = store_outage(self.current)
         phase = self.current.get("phase")
         if phase:
             # a restarted operator counts the objects it finds settled (they write nothing more)
@@ -490,9 +531,16 @@ class StatusWriter:
         fields: Mapping[str, Any] | None = None,
     ) -> bool:
         """``set_phase`` on the current status, then one merge patch of what changed. True if it wrote."""
+        ready: bool | None = None
+        if self.store_error is not None:
+            if phase == self.current.get("phase"):
+                reason, message, ready = Reason.STORE_UNAVAILABLE, self.store_error, False
+                conditions = [c for c in conditions if c.type != ConditionType.READY]
+            else:
+                self.store_error = None  # the work moved on: the store answered
         view = self.view(generation)
         patch = kopf.Patch()
-        set_phase(view, patch, phase, reason, message, conditions=conditions, fields=fields)
+        set_phase(view, patch, phase, reason, message, conditions=conditions, fields=fields, ready=ready)
         changes = dict(patch.get("status") or {})
         meta = self.body.meta
         self.rt.metrics.observe_phase(self.kind, str(meta.namespace), str(meta.name), phase)
@@ -504,6 +552,22 @@ class StatusWriter:
         self.current = current_status(view, patch)
         self.rt.metrics.observe_figures(self.kind, str(meta.namespace), str(meta.name), self.current)
         return True
+
+    async def store_unavailable(self, generation: int | None, exc: Exception) -> None:
+        """``Ready`` False with reason ``StoreUnavailable`` and the store's message, the phase kept
+        (nothing before the first phase); a Warning Event when the outage begins."""
+        phase = self.current.get("phase")
+        if not phase:
+            return
+        began = self.store_error is None
+        self.store_error = store_outage_message(exc, self.rt.config.retry_delay)
+        await self.write(generation, str(phase), Reason.STORE_UNAVAILABLE, self.store_error)
+        if began:
+            kopf.warn(self.view(generation), reason=Reason.STORE_UNAVAILABLE, message=self.store_error[:1024])
+
+    def store_recovered(self) -> None:
+        """The store took a write again: the next ``write`` sets ``Ready`` as it says."""
+        self.store_error = None
 
 
 # ----------------------------------------------------------------------------------------- handlers
@@ -535,7 +599,8 @@ def instrumented(kind: str) -> Callable[[F], F]:
     """Decorate a kopf handler of ``kind``: count and time it, track the object's phase, map errors.
 
     ``k8s.Unavailable`` and ``StoreUnavailableError`` become ``kopf.TemporaryError`` after
-    ``config.retry_delay`` seconds; ``k8s.Invalid`` sets phase Failed (reason ``ApiRejected``) and
+    ``config.retry_delay`` seconds (a store outage also shows in ``Ready``: ``hold_for_store``);
+    ``k8s.Invalid`` sets phase Failed (reason ``ApiRejected``) and
     becomes ``kopf.PermanentError``. Handlers raise ``kopf`` errors themselves for everything else."""
 
     def decorate(fn: F) -> F:
@@ -548,7 +613,10 @@ def instrumented(kind: str) -> Callable[[F], F]:
                 with timed_reconcile(rt, kind, fn.__name__):
                     try:
                         return await fn(**kwargs)
-                    except (k8s.Unavailable, store_base.StoreUnavailableError) as exc:
+                    except store_base.StoreUnavailableError as exc:
+                        hold_for_store(body, patch, exc, rt.config.retry_delay)
+                        raise kopf.TemporaryError(str(exc), delay=rt.config.retry_delay) from exc
+                    except k8s.Unavailable as exc:
                         raise kopf.TemporaryError(str(exc), delay=rt.config.retry_delay) from exc
                     except k8s.Invalid as exc:
                         set_phase(body, patch, FAILED, "ApiRejected", str(exc))

@@ -192,7 +192,12 @@ async def _tick(
             str(body.meta.namespace), str(body.meta.name), progress.percent if progress is not None else None
         )
         return _next_delay(step, observed, wrote)
-    except (k8s.Unavailable, store_base.StoreUnavailableError, _RetryLater) as exc:
+    except store_base.StoreUnavailableError as exc:
+        outcome = "retry"
+        log.warning("FineTuneJob %s/%s: %s", body.meta.namespace, body.meta.name, exc)
+        await writer.store_unavailable(generation, exc)  # until the dataset's phase is left
+        return rt.config.retry_delay
+    except (k8s.Unavailable, _RetryLater) as exc:
         outcome = "retry"
         log.warning(
             "FineTuneJob %s/%s: %s; retrying in %ss",

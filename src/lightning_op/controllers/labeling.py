@@ -56,7 +56,7 @@ async def run_labeling(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonSto
     writer = common.StatusWriter(rt, body, KIND)
     try:
         await _stages_until_stopped(rt, writer, body, stopped)
-    except (k8s.Unavailable, store_base.StoreUnavailableError) as exc:
+    except k8s.Unavailable as exc:
         raise kopf.TemporaryError(str(exc), delay=rt.config.retry_delay) from exc
     finally:
         reason = stopped.reason
@@ -78,6 +78,12 @@ async def _stages_until_stopped(
             continue
         try:
             await _run(rt, writer, body, spec, grader, stopped)
+        except store_base.StoreUnavailableError as exc:
+            # Shown in Ready (a Warning when it begins) and retried here, not by restarting the
+            # daemon: the writer keeps Ready at StoreUnavailable until labels are written again.
+            log.warning("RewardLabeling %s/%s: %s", body.meta.namespace, body.meta.name, exc)
+            await writer.store_unavailable(generation, exc)
+            await stopped.wait(rt.config.retry_delay)
         except k8s.Invalid as exc:
             # The API server refused a write (403 from RBAC, 422): retrying the same write will not
             # help, but a spec change may; a daemon that raised would never run again (kopf does
@@ -140,7 +146,10 @@ async def _label_and_dry_run(
     generation: int | None,
 ) -> None:
     latest: list[labeling_pipeline.LabelingProgress] = []
-    await _report(writer, lflow.labeling_report(spec, None, generation), generation)
+    if writer.current.get("phase") != rl.LabelingPhase.LABELING:
+        # entering the phase; a run resumed in it (a retry, a restarted operator) keeps the
+        # progress it showed until it has progress of its own
+        await _report(writer, lflow.labeling_report(spec, None, generation), generation)
     before = await common.run_sync(lflow.count_labels, rt.store, spec, grader.name, grader.version)
     progress_task = asyncio.create_task(_write_progress(writer, spec, latest, generation, before))
     try:
@@ -180,6 +189,8 @@ async def _write_progress(
         if latest:
             last = latest[-1]
             latest.clear()
+            if last.labeled:
+                writer.store_recovered()  # labels were written in this run
             await _report(writer, lflow.labeling_report(spec, last, generation, before), generation)
 
 

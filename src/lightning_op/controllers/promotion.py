@@ -232,14 +232,17 @@ def _rolled_out(step: Step, state: promotion_flow.RolloutState) -> None:
         )
         return
     deadline = promotion_flow.rfc3339(_now() + timedelta(seconds=window))
-    message = f"{state.message}; comparing live traffic until {deadline}"
     step.set_phase(
         Phase.VERIFYING,
         Reason.VERIFYING,
-        message,
+        _verifying_message(state.message, deadline),
         [rolled],
         {"rollout": state.status, "verificationDeadline": deadline},
     )
+
+
+def _verifying_message(rolled_out: str, deadline: str) -> str:
+    return f"{rolled_out}; comparing live traffic until {deadline}"
 
 
 async def _verifying(step: Step) -> None:
@@ -261,7 +264,13 @@ async def _verifying(step: Step) -> None:
     if verdict.status == promotion_pipeline.VerdictStatus.FAILED:
         _fail_or_roll_back(step, Reason.REGRESSION, verdict.message, fields)
     elif status.verification_deadline is not None and _now() < status.verification_deadline:
-        common.update_status(step.body, step.patch, fields)
+        if common.store_outage(common.current_status(step.body, step.patch)) is None:
+            common.update_status(step.body, step.patch, fields)
+        else:  # the store answered again: Ready back to what verification says
+            rolled = get_condition(status.conditions, ConditionType.ROLLED_OUT)
+            deadline = promotion_flow.rfc3339(status.verification_deadline)
+            message = _verifying_message(rolled.message if rolled else "rolled out", deadline)
+            step.set_phase(Phase.VERIFYING, Reason.VERIFYING, message, fields=fields)
     elif verdict.status == promotion_pipeline.VerdictStatus.PASSED:
         verified = step.condition(ConditionType.VERIFIED, True, Reason.VERIFIED, verdict.message)
         step.finish(Phase.PROMOTED, Reason.VERIFIED, verdict.message, [verified], fields)

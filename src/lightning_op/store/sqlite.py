@@ -399,6 +399,33 @@ class MissingStoreError(base.StoreError):
     """The store file to open without creating it is not there."""
 
 
+def _url_timeout(url: str, options: str, default: float) -> float:
+    """The ``timeout`` option of a SQLite URL's query (seconds, > 0), or ``default`` without one."""
+    if not options:
+        return default
+    parsed: dict[str, list[str]] = {}
+    for part in options.split("&"):
+        name, _, value = part.partition("=")
+        parsed.setdefault(urllib.parse.unquote(name), []).append(urllib.parse.unquote(value))
+    unknown = sorted(set(parsed) - {"timeout"})
+    if unknown:
+        raise base.StoreError(
+            f"SQLite URL {url!r}: unknown option {', '.join(repr(name) for name in unknown)}; the only "
+            "option is timeout=SECONDS (write a '?' in a file name as %3F)"
+        )
+    values = parsed["timeout"]
+    try:
+        seconds = float(values[-1])
+    except ValueError:
+        seconds = math.nan
+    if len(values) != 1 or not math.isfinite(seconds) or seconds <= 0:
+        raise base.StoreError(
+            f"SQLite URL {url!r}: timeout must be one number of seconds above 0, got "
+            f"{', '.join(repr(v) for v in values)}"
+        )
+    return seconds
+
+
 class SQLiteStore:
     """``EpisodeStore`` on one SQLite file (or in memory); see the module docstring."""
 
@@ -446,7 +473,10 @@ class SQLiteStore:
 
         The path is what follows ``sqlite:///`` (so an absolute path gives four slashes), percent-
         decoded (``%20``); ``~`` is expanded and missing parent directories are created (with
-        ``create=False``, a missing file is a ``MissingStoreError`` instead).
+        ``create=False``, a missing file is a ``MissingStoreError`` instead). One option may follow
+        the path: ``?timeout=SECONDS``, how long a write waits for another connection's write lock
+        before it fails with ``StoreUnavailableError`` (default ``busy_timeout_s``), as in
+        ``sqlite3.connect(timeout=...)``.
         """
         if not url.startswith(URL_PREFIX + "/"):
             raise base.StoreError(
@@ -454,11 +484,7 @@ class SQLiteStore:
                 "sqlite:////absolute/path.db or sqlite:///:memory:"
             )
         raw_path, _, options = url[len(URL_PREFIX) + 1 :].partition("?")
-        if options:
-            raise base.StoreError(
-                f"SQLite URL {url!r} has options ({options!r}); none are supported: remove them "
-                "(write a '?' in a file name as %3F)"
-            )
+        busy_timeout_s = _url_timeout(url, options, busy_timeout_s)
         path = urllib.parse.unquote(raw_path)
         if not path:
             raise base.StoreError(f"SQLite URL {url!r} names no file: use sqlite:////absolute/path.db")
