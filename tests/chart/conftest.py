@@ -43,6 +43,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "enabled": True,
             "token": {"existingSecret": "collector-token"},
             "maxInflightBytes": 33554432,
+            "redaction": {"builtins": ["email", "ip"], "patterns": ["ORD-[0-9]{8}", 'it\'s "quoted"']},
         },
         "models": {"enabled": True},
         "rbac": {"create": True, "aggregateToUserRoles": True},

@@ -170,6 +170,10 @@ MODELS_NEED_A_CLASS = (
             "collector.maxInflightBytes 33554432 is below collector.maxBodyBytes 67108864",
         ),
         (
+            {"collector": {"redaction": {"builtins": ["email", "ssn"]}}},
+            'collector.redaction.builtins: unknown detector "ssn": use email, phone, credit_card, ip',
+        ),
+        (
             {"collector": {"enabled": False, "externalUrl": "collector.example.com:8080"}},
             'collector.externalUrl "collector.example.com:8080" is not an http(s) URL',
         ),
@@ -185,6 +189,7 @@ MODELS_NEED_A_CLASS = (
         "cosmos-url-with-sqlite",
         "cosmos-secret-with-sqlite",
         "inflight-budget-below-body-limit",
+        "unknown-redaction-detector",
         "external-collector-not-a-url",
     ],
 )

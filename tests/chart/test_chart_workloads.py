@@ -22,6 +22,7 @@ import click
 import pytest
 
 from lightning_op import cli
+from lightning_op.store import redaction
 
 
 def _operator(rendered: Any) -> dict[str, Any]:
@@ -189,6 +190,37 @@ def test_collector_inflight_budget_reaches_its_args(render: Any) -> None:
     args = _container(_collector(render({"collector": {"maxInflightBytes": 33554432}})))["args"]
     assert _flag(args, "--max-inflight-bytes") == "33554432"
     assert _flag(_container(_collector(render({})))["args"], "--max-inflight-bytes") is None
+
+
+def _collector_redactor(out: Any) -> redaction.Redactor:
+    """The Redactor the collector builds from its rendered args (parsed by its own command)."""
+    _, *args = _container(_collector(out))["args"]
+    with click.Context(cli.cli) as group_ctx:
+        command = cli.cli.get_command(group_ctx, "collector")
+        assert command is not None
+        params = command.make_context("collector", list(args), parent=group_ctx).params
+    return redaction.Redactor(builtins=params["redact_builtins"] or None, patterns=params["redact_patterns"])
+
+
+def test_collector_redaction_values_reach_what_it_redacts(render: Any) -> None:
+    out = render(
+        {"collector": {"redaction": {"builtins": ["email", "ip"], "patterns": ["ORD-[0-9]{8}", "a b"]}}}
+    )
+    redactor = _collector_redactor(out)
+    assert set(redactor.builtins) == {"email", "ipv4", "ipv6"} and redactor.patterns == (
+        "ORD-[0-9]{8}",
+        "a b",
+    )
+    text = redactor.redact_text("bob@example.com ordered ORD-12345678 from 10.0.0.1, call +1 415 555 0100")
+    assert "bob@example.com" not in text and "ORD-12345678" not in text and "10.0.0.1" not in text
+    assert "+1 415 555 0100" in text, "phone is not among the chosen detectors"
+
+    everything = _collector_redactor(render({}))
+    assert everything.builtins == redaction.Redactor.default().builtins and everything.patterns == ()
+    names = [*redaction.BUILTINS, *redaction.ALIASES]  # every name the collector takes, the chart takes
+    assert set(
+        _collector_redactor(render({"collector": {"redaction": {"builtins": names}}})).builtins
+    ) == set(redaction.BUILTINS)
 
 
 def test_placement_values_reach_the_pods(render: Any) -> None:

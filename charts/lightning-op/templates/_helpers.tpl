@@ -132,6 +132,12 @@ networkPolicy.agentNamespaceSelector, else the watched namespaces when they are 
 {{- if and .enabled .maxInflightBytes (lt (int64 .maxInflightBytes) (int64 .maxBodyBytes)) }}
 {{- fail (printf "collector.maxInflightBytes %d is below collector.maxBodyBytes %d: the collector refuses to start, as a body of the largest allowed size could never be taken. Raise maxInflightBytes, or leave it empty (4 x maxBodyBytes)" (int64 .maxInflightBytes) (int64 .maxBodyBytes)) }}
 {{- end }}
+{{- $detectors := list "email" "phone" "credit_card" "ip" "ipv4" "ipv6" "bearer" "api_key" }}
+{{- range .redaction.builtins }}
+{{- if not (has . $detectors) }}
+{{- fail (printf "collector.redaction.builtins: unknown detector %q: use %s (empty: all of them)" . (join ", " $detectors)) }}
+{{- end }}
+{{- end }}
 {{- if and (not .enabled) .externalUrl (not (regexMatch "^https?://" .externalUrl)) }}
 {{- fail (printf "collector.externalUrl %q is not an http(s) URL: agents' capture clients would turn capture off. Give http://host:port or https://host:port" .externalUrl) }}
 {{- end }}
