@@ -206,7 +206,7 @@ _REASON = _column(
     "Reason",
     "string",
     '.status.conditions[?(@.type=="Ready")].reason',
-    "The Ready condition's reason: what the object waits for (QuotaExceeded, Unschedulable...), "
+    "The Ready condition's reason: what the object waits for (StoreUnavailable, QuotaExceeded, Unschedulable...), "
     "or why it failed.",
 )
 
