@@ -10,7 +10,10 @@ would; ``?timeout=0.3`` bounds the operator's wait for it). While it is held:
   ``Ready``, and its figures are not touched.
 
 Once the lock is released, the labeling finishes with every episode labeled and the capture's
-``Ready`` is back to ``CaptureEnabled``, without a change to either spec.
+``Ready`` is back to ``CaptureEnabled``, without a change to either spec. A FineTuneJob that an
+earlier operator left at ``StoreUnavailable`` while building its dataset moves on once the store
+answers. (A held write lock does not stop SQLite's readers, so the FineTuneJob's and the
+ModelPromotion's outages, which happen on reads, are not produced here.)
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from typing import Any
 
 import pytest
 from support.printer import printed
-from support.trainer_double import labeling_manifest, seed_keyword_episodes
+from support.trainer_double import (
+    TrainerDouble,
+    finetune_manifest,
+    labeling_manifest,
+    seed_episodes,
+    seed_keyword_episodes,
+)
 
 from lightning_op import store as store_mod
 from lightning_op.api import constants
@@ -129,3 +138,49 @@ async def test_a_locked_store_shows_in_ready_and_the_work_resumes_when_it_is_fre
     capture = await api.wait_for(lambda: back("shop"), timeout=15, what="ec back to CaptureEnabled")
     assert _ready(capture)["status"] == "True" and capture["status"]["phase"] == "Active"
     assert capture["status"]["episodesCaptured"] == 2, "the purge ran: the episode past retention is gone"
+
+
+async def test_a_fine_tune_job_left_at_store_unavailable_moves_on_once_the_store_answers(
+    api: Any, operator_process: Any, kubelet: Any, store_url: str, tmp_path: Path
+) -> None:
+    """An operator that met a store outage while building the dataset left the FineTuneJob at
+    BuildingDataset with ``Ready`` StoreUnavailable; the next operator, with the store back, builds
+    the dataset, and ``Ready`` says what the job does next instead of the old outage."""
+    seed_episodes(store_url, "bot", 12)
+    models = tmp_path / "models"
+    models.mkdir()
+    await api.create(finetune_manifest("ftj"))
+    left = {
+        "phase": "BuildingDataset",
+        "observedGeneration": 1,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "StoreUnavailable",
+                "message": "the episode store is unavailable: disk I/O error; retrying every 1 s",
+                "lastTransitionTime": "2026-12-01T10:00:00Z",
+                "observedGeneration": 1,
+            }
+        ],
+    }
+    await api.patch("FineTuneJob", "ftj", {"status": left}, subresource="status")
+    await operator_process.start(LIGHTNING_MODELS_DIR=str(models))
+
+    obj = await api.wait_for_phase("FineTuneJob", "ftj", "Evaluating", timeout=20)
+    assert obj["status"]["dataset"]["episodes"] == 12
+    ready = _ready(obj)
+    assert (ready["status"], ready["reason"]) == ("False", "Evaluating")
+    assert "store" not in ready["message"]
+    assert printed(obj)["Reason"] == "Evaluating"
+    assert [e["type"] for e in await api.events("ftj")] == ["Normal"], "no new Warning: the outage is over"
+
+    # later writes in the new phase (the baseline's progress) keep Ready as the job says
+    await TrainerDouble(api, kubelet, models).progress("ftj", 0, 50.0)
+
+    async def progressed() -> dict[str, Any] | None:
+        obj = await api.get("FineTuneJob", "ftj")
+        return obj if ((obj or {}).get("status", {}).get("progress") or {}).get("percent") == 50 else None
+
+    obj = await api.wait_for(progressed, timeout=10, what="the baseline's progress")
+    assert _ready(obj)["reason"] == "Evaluating"
