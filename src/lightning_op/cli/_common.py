@@ -51,7 +51,8 @@ store_option = click.option(
     default=None,
     metavar="URL",
     callback=_check_store_url,
-    help="Episode store URL (sqlite:///path.db or cosmos://...); env LIGHTNING_STORE; "
+    help="Episode store URL (sqlite:///path.db, with ?timeout=SECONDS to wait longer or shorter "
+    "than 10 s for another writer's lock; cosmos://...); env LIGHTNING_STORE; "
     "default: a SQLite file under the user's data directory.",
 )
 output_option = click.option(
