@@ -105,9 +105,8 @@ async def test_promotion_waits_for_the_gate_then_promotes_and_verifies(
         assert verifying["reason"] == "Verifying" and "comparing live traffic until" in verifying["message"]
         outage = {**verifying, "reason": "StoreUnavailable", "message": "the episode store is unavailable"}
         left = [outage if c["type"] == "Ready" else c for c in obj["status"]["conditions"]]
-        await api.patch(
-            "ModelPromotion", "support-agent-promotion", {"status": {"conditions": left}}, subresource="status"
-        )
+        status_patch = {"status": {"conditions": left}}
+        await api.patch("ModelPromotion", "support-agent-promotion", status_patch, subresource="status")
 
         async def restored() -> dict | None:
             obj = await api.get("ModelPromotion", "support-agent-promotion")

@@ -206,8 +206,8 @@ _REASON = _column(
     "Reason",
     "string",
     '.status.conditions[?(@.type=="Ready")].reason',
-    "The Ready condition's reason: what the object waits for (StoreUnavailable, QuotaExceeded, Unschedulable...), "
-    "or why it failed.",
+    "The Ready condition's reason: what the object waits for (StoreUnavailable, QuotaExceeded, "
+    "Unschedulable...), or why it failed.",
 )
 
 #: ``kubectl get`` columns per kind: phase, the key figures, age (priority 1 shows with ``-o wide``).
