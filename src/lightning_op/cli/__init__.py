@@ -38,7 +38,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo_cmd:demo",
     # operator
     "operator": "operator_run:operator",
-    "crds": "operator_cmd:crds",
+    "crds": "crds_cmd:crds",
 }
 
 

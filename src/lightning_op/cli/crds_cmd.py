@@ -2,9 +2,7 @@
 
 The objects come from ``manifests.crds`` (built from the pydantic models in ``api``); this module only
 renders and writes them. ``make crds`` runs ``lightning-op crds --output-dir crds`` to refresh the
-checked-in files; a unit test fails when they drift.
-
-The ``operator`` command is a placeholder until the controllers land (issue 5, item 2).
+checked-in files; a unit test fails when they drift. (``lightning-op operator`` is in ``operator_run``.)
 """
 
 from __future__ import annotations
@@ -48,9 +46,3 @@ def crds(output_dir: Path | None, rbac: bool) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot write to {output_dir}: {exc.strerror or exc}") from None
 
-
-# PLACEHOLDER: the kopf operator (issue 5, item 2) replaces this command. It exists so the lazy command
-# table in cli/__init__.py resolves `operator` (and `lightning-op --help` lists it) until then.
-@click.command("operator", help="Run the Kubernetes operator (not implemented yet).")
-def operator() -> None:
-    raise click.ClickException("'operator' is not implemented yet")
