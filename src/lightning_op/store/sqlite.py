@@ -12,9 +12,10 @@ timestamp ties, so ``(ts, seq)`` orders every episode and is the keyset of the c
 labels (``add_labels``) are applied to the stored JSON with orjson, without validating each episode
 again; ``add_label`` goes through the model, and a test holds the two to the same result.
 
-Concurrency: one writer process (the collector, or the CLI) and any number of reader processes.
-The file is in WAL mode, so readers never block the writer nor each other; writes take the write
-lock up front (``BEGIN IMMEDIATE``) and wait up to ``busy_timeout_s`` for it. A lock held longer,
+Concurrency: writer processes take turns (the collector adds episodes; the operator or the CLI add
+labels) and any number of processes read. The file is in WAL mode, so readers never block a writer
+nor each other; writes take the write lock up front (``BEGIN IMMEDIATE``), in short transactions,
+and wait up to ``busy_timeout_s`` for it (the URL's ``?timeout=``). A lock held longer,
 a full disk or an I/O error becomes ``StoreUnavailableError`` with a message saying which.
 Within a process one connection is shared by all threads behind a lock. Long reads
 (``iter_episodes``, ``iter_json``) page by keyset in short statements, so no read transaction
@@ -576,8 +577,9 @@ class SQLiteStore:
         if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc):
             return base.StoreUnavailableError(
                 f"{where}: database is locked: another connection held the write lock for more than "
-                f"{self.busy_timeout_s:g}s while {action}; retry later (only one process, the "
-                "collector, should write to a store)"
+                f"{self.busy_timeout_s:g}s while {action}; retry later, or let writes wait longer "
+                "with ?timeout=SECONDS on the store URL (writers take turns: the collector adds "
+                "episodes, labeling adds labels)"
             )
         if name.startswith("SQLITE_FULL") or "disk is full" in str(exc):
             return base.StoreUnavailableError(
