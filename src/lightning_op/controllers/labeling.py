@@ -13,7 +13,10 @@ the stage the status names (``pipeline.labeling_flow.resume_point``).
 
 The grader spec is checked when the daemon starts and on every spec change: a bad grader is phase
 Failed with a condition naming the field (``spec.grader.reference: required``), and the daemon waits
-for the next spec change (no retries). A daemon outlives kopf's per-call patch, so it writes its
+for the next spec change (no retries). A judge endpoint that fails the whole sample test with
+errors that may pass (down, 429, 5xx, timeouts) is phase Pending with reason ``BackendUnavailable``
+(one Warning Event), tested again every retry delay; a store that refuses writes shows as
+``StoreUnavailable`` (``StatusWriter.store_unavailable``). A daemon outlives kopf's per-call patch, so it writes its
 status itself, through ``Cluster.patch_custom_status`` (a merge patch of the changed keys only).
 
 Talks to ``controllers.common``, ``pipeline.labeling``, ``pipeline.labeling_flow`` and ``graders``.
@@ -33,6 +36,7 @@ from lightning_op import graders, k8s
 from lightning_op.api import constants, kinds
 from lightning_op.api import labeling as rl
 from lightning_op.api.common import FieldProblem, SpecError
+from lightning_op.api.conditions import ConditionType, Reason, get_condition
 from lightning_op.controllers import common
 from lightning_op.pipeline import labeling as labeling_pipeline
 from lightning_op.pipeline import labeling_flow as lflow
@@ -129,7 +133,12 @@ async def _run(
                     rt.store, grader, agent, spec.sample_test.size, concurrency=spec.concurrency
                 )
                 report = lflow.sample_report(spec, result, generation)
+                before = get_condition(writer.current.get("conditions") or [], ConditionType.READY)
                 await _report(writer, report, generation)
+                if report.reason == Reason.BACKEND_UNAVAILABLE and (
+                    before is None or before.reason != Reason.BACKEND_UNAVAILABLE
+                ):  # an outage a person may have to end: said once, as a Warning
+                    kopf.warn(writer.view(generation), reason=report.reason, message=report.message[:1024])
             if report.phase == rl.LabelingPhase.PENDING:
                 retry = _seconds_from_now(max(rt.config.retry_delay, POLL_SECONDS))
                 await _wait_until(body, generation, stopped, retry)

@@ -701,6 +701,8 @@ class SampleRecord(pydantic.BaseModel):
     score: float | None
     reason: str = ""
     error: str | None = None
+    #: the error may pass by itself (a judge's 429, 5xx, timeout or connection refused), retries spent
+    retryable: bool = pydantic.Field(default=False, exclude=True)
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -713,6 +715,7 @@ def _record(graded: _Graded) -> SampleRecord:
         score=result.score if result.error is None else None,
         reason=_cut(result.reason, ep.MAX_TEXT_CHARS),
         error=_cut(result.error) if result.error is not None else None,
+        retryable=result.error is not None and result.retryable,
     )
 
 

@@ -113,7 +113,9 @@ def sample_report(
     spec: rl.RewardLabelingSpec, result: labeling_pipeline.SampleTestResult, generation: int | None
 ) -> Report:
     """The sample test in status: each record's score and reason; Pending when there were no episodes,
-    Failed when the grader failed on every one (labeling all episodes would fail the same way)."""
+    or when the grader's backend failed on every one with errors that may pass (a judge endpoint
+    down or overloaded: tested again later); Failed when the grader failed on every one otherwise
+    (labeling all episodes would fail the same way)."""
     if not result.records:
         message = f"no episodes of agent {spec.agent_id} in the store yet; waiting for some"
         return Report(
@@ -132,6 +134,19 @@ def sample_report(
         for r in result.records
     ]
     scored = [r for r in result.records if r.score is not None]
+    if not scored and all(r.retryable for r in result.records):
+        first = next((r.error for r in result.records if r.error), "no score")
+        message = (
+            f"the grader's backend failed on all {len(records)} sample episodes, with errors that "
+            f"may pass (after retries): {first}; testing again"
+        )
+        return Report(
+            rl.LabelingPhase.PENDING,
+            Reason.BACKEND_UNAVAILABLE,
+            message,
+            (condition(ConditionType.SAMPLE_TESTED, False, Reason.BACKEND_UNAVAILABLE, message, generation),),
+            {"sample": records},
+        )
     if not scored:
         first = next((r.error for r in result.records if r.error), "no score")
         message = f"the grader failed on all {len(records)} sample episodes: {first}"

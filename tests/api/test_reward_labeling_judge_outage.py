@@ -1,0 +1,102 @@
+"""A RewardLabeling whose LLM judge is down waits for it instead of failing, and finishes once it is up.
+
+The real operator grades with a ``score_model`` judge served by ``testing.judge_server`` over HTTP.
+While the judge answers every request with HTTP 500 (retryable: the pipeline retries each episode
+with backoff), the sample test fails on every episode: the object waits in phase Pending with
+``SampleTested`` and ``Ready`` False, reason ``BackendUnavailable``, the judge's error in the
+message and per episode in ``status.sample``, and one Warning Event however often it tests again.
+Once the judge answers, the sample test passes and the labeling runs to a verdict with no change to
+the spec. A judge that answers with something no parser can read is not an outage: that sample test
+fails the object (``SampleTestFailed``), as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from support.trainer_double import seed_keyword_episodes
+
+from lightning_op.testing import judge_server as js
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _manifest(name: str, base_url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "lightning-op.dev/v1alpha1",
+        "kind": "RewardLabeling",
+        "metadata": {"name": name},
+        "spec": {
+            "agentId": "bot",
+            "grader": {
+                "type": "score_model",
+                "name": "helpfulness",
+                "model": "judge-test",
+                "base_url": base_url,
+                "range": [0, 10],
+                "input": [{"role": "user", "content": "Query: {{episode.state.query}}"}],
+            },
+            "sampleTest": {"size": 5},
+            "dryRun": {"sampleSize": 20},
+        },
+    }
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+async def test_a_judge_that_is_down_keeps_the_labeling_pending_until_it_answers(
+    api: Any, operator_process: Any, store_url: str
+) -> None:
+    seed_keyword_episodes(store_url, "bot")
+    state = {"down": True}
+
+    def rule(request: js.JudgeRequest) -> js.Fault | None:
+        if "junk" in request.prompt:
+            return js.Fault.JUNK
+        return js.Fault.SERVER_ERROR if state["down"] else None
+
+    server = js.JudgeServer(faults=js.Faults(rule=rule))
+    async with server as base_url:
+        await operator_process.start()
+        await api.create(_manifest("rl", base_url))
+
+        obj = await api.wait_for_phase("RewardLabeling", "rl", "Pending", timeout=30)
+        tested, ready = _condition(obj, "SampleTested"), _condition(obj, "Ready")
+        assert (tested["status"], tested["reason"]) == ("False", "BackendUnavailable")
+        assert (ready["status"], ready["reason"]) == ("False", "BackendUnavailable")
+        assert "failed on all 5 sample episodes" in ready["message"]
+        assert "HTTP 500" in ready["message"]
+        assert len(obj["status"]["sample"]) == 5
+        assert all(r.get("score") is None and "HTTP 500" in r["error"] for r in obj["status"]["sample"])
+
+        # tested again every retry delay, still down: one Warning, the phase kept
+        requests = server.stats.requests
+        await api.wait_for(
+            lambda: _more(server, requests + 5), timeout=20, what="the sample test tried again"
+        )
+        obj = await api.get("RewardLabeling", "rl")
+        assert obj["status"]["phase"] == "Pending"
+        warnings = [(e["reason"], e["type"]) for e in await api.events("rl") if e["type"] == "Warning"]
+        assert warnings == [("BackendUnavailable", "Warning")]
+
+        state["down"] = False
+        obj = await api.wait_for_phase("RewardLabeling", "rl", "Completed", timeout=40)
+        assert obj["status"]["labeled"] == 30 and obj["status"]["failed"] == 0
+        assert _condition(obj, "SampleTested")["reason"] == "SampleTestPassed"
+        assert obj["status"]["verdict"] in ("GO", "WARNING", "NO-GO")
+
+        # a reply no parser can read is the grader's fault, not an outage: the object fails
+        seed_keyword_episodes(store_url, "junk-bot", levels=(1,), per_level=5)
+        junk = _manifest("rl-junk", base_url)
+        junk["spec"]["agentId"] = "junk-bot"
+        junk["spec"]["grader"]["input"][0]["content"] = "junk {{episode.state.query}}"
+        await api.create(junk)
+        obj = await api.wait_for_phase("RewardLabeling", "rl-junk", "Failed", timeout=30)
+        assert _condition(obj, "Ready")["reason"] == "SampleTestFailed"
+
+
+async def _more(server: js.JudgeServer, count: int) -> bool:
+    return server.stats.requests >= count
