@@ -16,8 +16,9 @@ Failed with a condition naming the field (``spec.grader.reference: required``), 
 for the next spec change (no retries). A judge endpoint that fails the whole sample test with
 errors that may pass (down, 429, 5xx, timeouts) is phase Pending with reason ``BackendUnavailable``
 (one Warning Event), tested again every retry delay; a store that refuses writes shows as
-``StoreUnavailable`` (``StatusWriter.store_unavailable``). A daemon outlives kopf's per-call patch, so it writes its
-status itself, through ``Cluster.patch_custom_status`` (a merge patch of the changed keys only).
+``StoreUnavailable`` (``StatusWriter.store_unavailable``). A daemon outlives kopf's per-call
+patch, so it writes its status itself, through ``Cluster.patch_custom_status`` (a merge patch of
+the changed keys only).
 
 Talks to ``controllers.common``, ``pipeline.labeling``, ``pipeline.labeling_flow`` and ``graders``.
 """
