@@ -7,7 +7,8 @@ with backoff), the sample test fails on every episode: the object waits in phase
 message and per episode in ``status.sample``, and one Warning Event however often it tests again.
 Once the judge answers, the sample test passes and the labeling runs to a verdict with no change to
 the spec. A judge that answers with something no parser can read is not an outage: that sample test
-fails the object (``SampleTestFailed``), as before.
+fails the object (``SampleTestFailed``), as before. A judge that goes down for the dry run gives no
+verdict (rather than a NO-GO from no scores): the object stays Labeling with ``BackendUnavailable``.
 """
 
 from __future__ import annotations
@@ -100,3 +101,47 @@ async def test_a_judge_that_is_down_keeps_the_labeling_pending_until_it_answers(
 
 async def _more(server: js.JudgeServer, count: int) -> bool:
     return server.stats.requests >= count
+
+
+async def test_a_judge_that_goes_down_for_the_dry_run_gives_no_verdict_until_it_answers(
+    api: Any, operator_process: Any, store_url: str
+) -> None:
+    """The sample test (5 requests) and the labeling (30) pass; then the judge fails every request,
+    so the dry run has no score at all: no NO-GO verdict from an outage, the object stays Labeling
+    with ``Ready`` BackendUnavailable (one Warning, no status writes while it retries), and completes
+    once the judge answers, without grading the labeled episodes again."""
+    seed_keyword_episodes(store_url, "bot")
+    state = {"down": True}
+
+    def rule(request: js.JudgeRequest) -> js.Fault | None:
+        return js.Fault.SERVER_ERROR if request.seq > 35 and state["down"] else None
+
+    server = js.JudgeServer(faults=js.Faults(rule=rule))
+    async with server as base_url:
+        await operator_process.start()
+        await api.create(_manifest("rl", base_url))
+
+        async def outage() -> dict[str, Any] | None:
+            obj = await api.get("RewardLabeling", "rl")
+            conditions = (obj or {}).get("status", {}).get("conditions") or []
+            return obj if any(c["reason"] == "BackendUnavailable" for c in conditions) else None
+
+        obj = await api.wait_for(outage, timeout=30, what="the dry run's outage in Ready")
+        ready = _condition(obj, "Ready")
+        assert obj["status"]["phase"] == "Labeling" and "verdict" not in obj["status"]
+        assert ready["status"] == "False" and "failed on all 20 dry-run episodes" in ready["message"]
+        assert obj["status"]["labeled"] == 30
+
+        mark = api.mark()
+        requests = server.stats.requests
+        await api.wait_for(lambda: _more(server, requests + 80), timeout=30, what="another dry run")
+        assert api.writes_since(mark, "rewardlabelings") == [], "no status writes while it retries"
+        warnings = [e["reason"] for e in await api.events("rl") if e["type"] == "Warning"]
+        assert warnings == ["BackendUnavailable"]
+
+        state["down"] = False
+        obj = await api.wait_for_phase("RewardLabeling", "rl", "Completed", timeout=40)
+        assert obj["status"]["scores"]["count"] == 20 and obj["status"]["labeled"] == 30
+        assert _condition(obj, "Ready")["reason"].startswith("Verdict")
+        graded = server.stats.outcomes.get("scored", 0)
+        assert graded == 5 + 30 + 20, f"the labeled episodes were not graded again: {server.stats.outcomes}"

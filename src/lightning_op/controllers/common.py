@@ -466,10 +466,20 @@ def hold_for_store(body: kopf.Body, patch: kopf.Patch, exc: Exception, retry_del
 
 def store_outage(status: Mapping[str, Any]) -> str | None:
     """The message of ``Ready`` when it says the store is unavailable, else None."""
+    held = outage(status)
+    return held[1] if held is not None and held[0] == Reason.STORE_UNAVAILABLE else None
+
+
+#: ``Ready`` reasons of an outage something else has to end (the episode store, a grader's backend)
+OUTAGE_REASONS = frozenset({Reason.STORE_UNAVAILABLE, Reason.BACKEND_UNAVAILABLE})
+
+
+def outage(status: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``Ready``'s reason and message when it reports an outage (``OUTAGE_REASONS``), else None."""
     ready = get_condition(status.get("conditions") or [], ConditionType.READY)
-    if ready is None or ready.reason != Reason.STORE_UNAVAILABLE:
+    if ready is None or ready.reason not in OUTAGE_REASONS:
         return None
-    return ready.message or ""
+    return str(ready.reason), ready.message or ""
 
 
 def permanent_spec_error(body: kopf.Body, patch: kopf.Patch, exc: SpecError) -> kopf.PermanentError:
@@ -490,9 +500,10 @@ class StatusWriter:
     the status it wrote as the current one, because the daemon's ``body`` is updated by the watch,
     which may lag behind our own writes (we are the only writer of the status).
 
-    A store outage (``store_unavailable``) holds ``Ready`` at ``StoreUnavailable`` through the
-    writes that follow in the same phase, until ``store_recovered`` or a phase change: a retry that
-    reports its progress again does not flip ``Ready`` back and forth, nor post a Warning each time."""
+    An outage (``hold``: the store, ``store_unavailable``, or a grader's backend) holds ``Ready`` at
+    its reason through the writes that follow in the same phase, until ``release`` or a phase
+    change: a retry that reports its progress again does not flip ``Ready`` back and forth, nor
+    post a Warning each time."""
 
     def __init__(self, rt: Runtime, body: kopf.Body, kind: str) -> None:
         self.rt = rt
@@ -500,8 +511,8 @@ class StatusWriter:
         self.kind = kind
         self.plural = kinds.kind_info(kind).plural
         self.current: dict[str, Any] = dict(body.get("status") or {})
-        #: ``Ready``'s message while the store is unavailable (also after an operator restart)
-        self.store_error: str | None = store_outage(self.current)
+        #: ``Ready``'s reason and message during an outage (also after an operator restart)
+        self.held: tuple[str, str] | None = outage(self.current)
         phase = self.current.get("phase")
         if phase:
             # a restarted operator counts the objects it finds settled (they write nothing more)
@@ -532,12 +543,12 @@ class StatusWriter:
     ) -> bool:
         """``set_phase`` on the current status, then one merge patch of what changed. True if it wrote."""
         ready: bool | None = None
-        if self.store_error is not None:
+        if self.held is not None:
             if phase == self.current.get("phase"):
-                reason, message, ready = Reason.STORE_UNAVAILABLE, self.store_error, False
+                (reason, message), ready = self.held, False
                 conditions = [c for c in conditions if c.type != ConditionType.READY]
             else:
-                self.store_error = None  # the work moved on: the store answered
+                self.held = None  # the work moved on: the outage is over
         view = self.view(generation)
         patch = kopf.Patch()
         set_phase(view, patch, phase, reason, message, conditions=conditions, fields=fields, ready=ready)
@@ -553,21 +564,27 @@ class StatusWriter:
         self.rt.metrics.observe_figures(self.kind, str(meta.namespace), str(meta.name), self.current)
         return True
 
-    async def store_unavailable(self, generation: int | None, exc: Exception) -> None:
-        """``Ready`` False with reason ``StoreUnavailable`` and the store's message, the phase kept
-        (nothing before the first phase); a Warning Event when the outage begins."""
+    async def hold(self, generation: int | None, reason: str, message: str) -> None:
+        """``Ready`` False with ``reason`` and ``message`` (an outage), the phase kept (nothing before
+        the first phase), until ``release`` or a phase change; a Warning Event when it begins."""
         phase = self.current.get("phase")
         if not phase:
             return
-        began = self.store_error is None
-        self.store_error = store_outage_message(exc, self.rt.config.retry_delay)
-        await self.write(generation, str(phase), Reason.STORE_UNAVAILABLE, self.store_error)
+        began = self.held is None or self.held[0] != reason
+        self.held = (reason, message)
+        await self.write(generation, str(phase), reason, message)
         if began:
-            kopf.warn(self.view(generation), reason=Reason.STORE_UNAVAILABLE, message=self.store_error[:1024])
+            kopf.warn(self.view(generation), reason=reason, message=message[:1024])
 
-    def store_recovered(self) -> None:
-        """The store took a write again: the next ``write`` sets ``Ready`` as it says."""
-        self.store_error = None
+    async def store_unavailable(self, generation: int | None, exc: Exception) -> None:
+        """``hold`` with reason ``StoreUnavailable`` and the store's message."""
+        message = store_outage_message(exc, self.rt.config.retry_delay)
+        await self.hold(generation, Reason.STORE_UNAVAILABLE, message)
+
+    def release(self) -> None:
+        """The outage is over (the store, or the grader, did its work again): the next ``write``
+        sets ``Ready`` as it says."""
+        self.held = None
 
 
 # ----------------------------------------------------------------------------------------- handlers

@@ -37,7 +37,7 @@ from lightning_op import graders, k8s
 from lightning_op.api import constants, kinds
 from lightning_op.api import labeling as rl
 from lightning_op.api.common import FieldProblem, SpecError
-from lightning_op.api.conditions import ConditionType, Reason, get_condition
+from lightning_op.api.conditions import Reason
 from lightning_op.controllers import common
 from lightning_op.pipeline import labeling as labeling_pipeline
 from lightning_op.pipeline import labeling_flow as lflow
@@ -134,18 +134,17 @@ async def _run(
                     rt.store, grader, agent, spec.sample_test.size, concurrency=spec.concurrency
                 )
                 report = lflow.sample_report(spec, result, generation)
-                before = get_condition(writer.current.get("conditions") or [], ConditionType.READY)
+                began = (common.outage(writer.current) or ("", ""))[0] != Reason.BACKEND_UNAVAILABLE
                 await _report(writer, report, generation)
-                if report.reason == Reason.BACKEND_UNAVAILABLE and (
-                    before is None or before.reason != Reason.BACKEND_UNAVAILABLE
-                ):  # an outage a person may have to end: said once, as a Warning
+                if began and report.reason == Reason.BACKEND_UNAVAILABLE:  # said once, as a Warning
                     kopf.warn(writer.view(generation), reason=report.reason, message=report.message[:1024])
             if report.phase == rl.LabelingPhase.PENDING:
-                retry = _seconds_from_now(max(rt.config.retry_delay, POLL_SECONDS))
-                await _wait_until(body, generation, stopped, retry)
+                await _wait_until(body, generation, stopped, _seconds_from_now(_retry_seconds(rt)))
             continue
         with common.timed_reconcile(rt, KIND, "label_and_dry_run"):
-            await _label_and_dry_run(rt, writer, spec, grader, generation)
+            finished = await _label_and_dry_run(rt, writer, spec, grader, generation)
+        if not finished:  # the grader's backend is down: label (resume) and dry-run again later
+            await _wait_until(body, generation, stopped, _seconds_from_now(_retry_seconds(rt)))
 
 
 async def _label_and_dry_run(
@@ -154,7 +153,9 @@ async def _label_and_dry_run(
     spec: rl.RewardLabelingSpec,
     grader: graders.Grader,
     generation: int | None,
-) -> None:
+) -> bool:
+    """Label, then dry-run; True when the verdict is written, False when the dry run's grader
+    backend failed on every episode (``Ready`` then says so, the phase stays Labeling)."""
     latest: list[labeling_pipeline.LabelingProgress] = []
     if writer.current.get("phase") != rl.LabelingPhase.LABELING:
         # entering the phase; a run resumed in it (a retry, a restarted operator) keeps the
@@ -178,13 +179,24 @@ async def _label_and_dry_run(
         progress_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await progress_task
+    # the final counts, shown during the dry run (which may take minutes with an LLM judge)
+    await _flush_progress(writer, spec, latest, generation, before)
     dry = await labeling_pipeline.dry_run(
         rt.store, grader, str(spec.agent_id), spec.dry_run.sample_size, concurrency=spec.concurrency
     )
+    down = lflow.backend_down(dry.records)
+    if down is not None:  # no verdict from a judge that is down
+        await writer.hold(generation, Reason.BACKEND_UNAVAILABLE, lflow.dry_run_outage_message(dry, down))
+        return False
     counts = await common.run_sync(lflow.count_labels, rt.store, spec, grader.name, grader.version)
     await _report(
         writer, lflow.completed_report(spec, counts, dry, generation, datetime.now(UTC)), generation
     )
+    return True
+
+
+def _retry_seconds(rt: common.Runtime) -> float:
+    return max(rt.config.retry_delay, POLL_SECONDS)
 
 
 async def _write_progress(
@@ -196,12 +208,26 @@ async def _write_progress(
 ) -> None:
     while True:
         await asyncio.sleep(POLL_SECONDS)
-        if latest:
-            last = latest[-1]
-            latest.clear()
-            if last.labeled:
-                writer.store_recovered()  # labels were written in this run
-            await _report(writer, lflow.labeling_report(spec, last, generation, before), generation)
+        await _flush_progress(writer, spec, latest, generation, before)
+
+
+async def _flush_progress(
+    writer: common.StatusWriter,
+    spec: rl.RewardLabelingSpec,
+    latest: list[labeling_pipeline.LabelingProgress],
+    generation: int | None,
+    before: lflow.LabelCounts,
+) -> None:
+    """Write the newest progress ``label_batch`` reported, if any came since the last write."""
+    if not latest:
+        return
+    last = latest[-1]
+    latest.clear()
+    if last.total == 0:
+        return  # nothing left to label (a resumed run): the counts shown stay as they are
+    if last.labeled:
+        writer.release()  # labels were graded and written in this run: no outage
+    await _report(writer, lflow.labeling_report(spec, last, generation, before), generation)
 
 
 # ----------------------------------------------------------------------------------------- waiting

@@ -16,7 +16,7 @@ Talks to ``api`` (RewardLabeling models, conditions), ``graders`` (spec validati
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -109,6 +109,23 @@ def _cut(text: str | None, limit: int = MAX_REASON_CHARS) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def backend_down(records: Sequence[labeling_pipeline.SampleRecord]) -> str | None:
+    """The first error when the grader failed on every record with errors that may pass (a judge
+    endpoint down, 429, 5xx, timeouts; retries spent), else None: grading may work again later."""
+    if not records or not all(r.score is None and r.retryable for r in records):
+        return None
+    return next((r.error for r in records if r.error), "no score")
+
+
+def dry_run_outage_message(dry: labeling_pipeline.DryRunResult, error: str) -> str:
+    """``Ready``'s message while the dry run's grader backend failed on every episode
+    (``backend_down``): there is no verdict to give yet; the run goes on later."""
+    return (
+        f"the grader's backend failed on all {len(dry.records)} dry-run episodes, with errors that "
+        f"may pass (after retries): {error}; trying again"
+    )
+
+
 def sample_report(
     spec: rl.RewardLabelingSpec, result: labeling_pipeline.SampleTestResult, generation: int | None
 ) -> Report:
@@ -134,11 +151,11 @@ def sample_report(
         for r in result.records
     ]
     scored = [r for r in result.records if r.score is not None]
-    if not scored and all(r.retryable for r in result.records):
-        first = next((r.error for r in result.records if r.error), "no score")
+    down = backend_down(result.records)
+    if down is not None:
         message = (
             f"the grader's backend failed on all {len(records)} sample episodes, with errors that "
-            f"may pass (after retries): {first}; testing again"
+            f"may pass (after retries): {down}; testing again"
         )
         return Report(
             rl.LabelingPhase.PENDING,
