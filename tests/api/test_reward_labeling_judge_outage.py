@@ -7,8 +7,9 @@ with backoff), the sample test fails on every episode: the object waits in phase
 message and per episode in ``status.sample``, and one Warning Event however often it tests again.
 Once the judge answers, the sample test passes and the labeling runs to a verdict with no change to
 the spec. A judge that answers with something no parser can read is not an outage: that sample test
-fails the object (``SampleTestFailed``), as before. A judge that goes down for the dry run gives no
-verdict (rather than a NO-GO from no scores): the object stays Labeling with ``BackendUnavailable``.
+fails the object (``SampleTestFailed``), as before. A judge that goes down in the middle of the
+labeling gives no verdict (rather than a NO-GO from no scores): the object stays Labeling with
+``BackendUnavailable`` until the judge answers, and the episodes that failed meanwhile are labeled.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 from support.trainer_double import seed_keyword_episodes
 
+from lightning_op import store as store_mod
+from lightning_op.store import base as store_base
 from lightning_op.testing import judge_server as js
 
 pytestmark = pytest.mark.timeout(90)
@@ -99,22 +102,31 @@ async def test_a_judge_that_is_down_keeps_the_labeling_pending_until_it_answers(
         assert _condition(obj, "Ready")["reason"] == "SampleTestFailed"
 
 
-async def _more(server: js.JudgeServer, count: int) -> bool:
-    return server.stats.requests >= count
-
-
-async def test_a_judge_that_goes_down_for_the_dry_run_gives_no_verdict_until_it_answers(
+async def test_a_judge_that_goes_down_mid_labeling_gives_no_verdict_and_uses_up_no_tries(
     api: Any, operator_process: Any, store_url: str
 ) -> None:
-    """The sample test (5 requests) and the labeling (30) pass; then the judge fails every request,
-    so the dry run has no score at all: no NO-GO verdict from an outage, the object stays Labeling
-    with ``Ready`` BackendUnavailable (one Warning, no status writes while it retries), and completes
-    once the judge answers, without grading the labeled episodes again."""
+    """The sample test (5 requests) and the first 15 labeling requests pass; then the judge fails
+    every request: 15 episodes fail (after retries) and the dry run has no score at all. No NO-GO
+    verdict from an outage: the object stays Labeling with ``Ready`` BackendUnavailable (one Warning,
+    no status writes while it retries), and while the judge is down each retry grades only a few
+    sample episodes, so the failed episodes keep their tries. Once the judge answers, they are
+    labeled and the object completes."""
     seed_keyword_episodes(store_url, "bot")
     state = {"down": True}
 
     def rule(request: js.JudgeRequest) -> js.Fault | None:
-        return js.Fault.SERVER_ERROR if request.seq > 35 and state["down"] else None
+        return js.Fault.SERVER_ERROR if request.seq > 20 and state["down"] else None
+
+    def judge_labels() -> list[list[dict[str, Any]]]:
+        store = store_mod.open_store(store_url)
+        try:
+            query = store_base.EpisodeQuery(agent_id="bot")
+            return [
+                [{"score": lb.score, "error": lb.error} for lb in e.labels if lb.grader == "helpfulness"]
+                for e in store.iter_episodes(query)
+            ]
+        finally:
+            store.close()
 
     server = js.JudgeServer(faults=js.Faults(rule=rule))
     async with server as base_url:
@@ -126,22 +138,30 @@ async def test_a_judge_that_goes_down_for_the_dry_run_gives_no_verdict_until_it_
             conditions = (obj or {}).get("status", {}).get("conditions") or []
             return obj if any(c["reason"] == "BackendUnavailable" for c in conditions) else None
 
-        obj = await api.wait_for(outage, timeout=30, what="the dry run's outage in Ready")
+        obj = await api.wait_for(outage, timeout=40, what="the dry run's outage in Ready")
         ready = _condition(obj, "Ready")
         assert obj["status"]["phase"] == "Labeling" and "verdict" not in obj["status"]
         assert ready["status"] == "False" and "failed on all 20 dry-run episodes" in ready["message"]
-        assert obj["status"]["labeled"] == 30
+        assert (obj["status"]["labeled"], obj["status"]["failed"]) == (15, 15)
 
         mark = api.mark()
         requests = server.stats.requests
-        await api.wait_for(lambda: _more(server, requests + 80), timeout=30, what="another dry run")
+        await api.wait_for(lambda: _more(server, requests + 40), timeout=30, what="two more tries")
         assert api.writes_since(mark, "rewardlabelings") == [], "no status writes while it retries"
         warnings = [e["reason"] for e in await api.events("rl") if e["type"] == "Warning"]
         assert warnings == ["BackendUnavailable"]
+        failed_once = [labels for labels in judge_labels() if labels and labels[0]["score"] is None]
+        assert len(failed_once) == 15 and all(len(labels) == 1 for labels in failed_once), (
+            "the retries graded sample episodes only: no failed episode lost another try"
+        )
 
         state["down"] = False
         obj = await api.wait_for_phase("RewardLabeling", "rl", "Completed", timeout=40)
-        assert obj["status"]["scores"]["count"] == 20 and obj["status"]["labeled"] == 30
+        assert (obj["status"]["labeled"], obj["status"]["failed"]) == (30, 0)
+        assert obj["status"]["scores"]["count"] == 20
         assert _condition(obj, "Ready")["reason"].startswith("Verdict")
-        graded = server.stats.outcomes.get("scored", 0)
-        assert graded == 5 + 30 + 20, f"the labeled episodes were not graded again: {server.stats.outcomes}"
+        assert all(any(lb["score"] is not None for lb in labels) for labels in judge_labels())
+
+
+async def _more(server: js.JudgeServer, count: int) -> bool:
+    return server.stats.requests >= count

@@ -155,7 +155,17 @@ async def _label_and_dry_run(
     generation: int | None,
 ) -> bool:
     """Label, then dry-run; True when the verdict is written, False when the dry run's grader
-    backend failed on every episode (``Ready`` then says so, the phase stays Labeling)."""
+    backend failed on every episode (``Ready`` then says so, the phase stays Labeling).
+
+    While ``Ready`` holds such an outage, a few sample episodes are graded first (nothing written):
+    episodes that failed because the judge was down are labeled again only once it answers, so a
+    long outage does not use up their tries (``labeling.MAX_FAILED_ATTEMPTS``)."""
+    if writer.held is not None and writer.held[0] == Reason.BACKEND_UNAVAILABLE:
+        probe = await labeling_pipeline.sample_test(
+            rt.store, grader, str(spec.agent_id), spec.sample_test.size, concurrency=spec.concurrency
+        )
+        if lflow.backend_down(probe.records) is not None:
+            return False
     latest: list[labeling_pipeline.LabelingProgress] = []
     if writer.current.get("phase") != rl.LabelingPhase.LABELING:
         # entering the phase; a run resumed in it (a retry, a restarted operator) keeps the
