@@ -15,7 +15,9 @@ The grader spec is checked when the daemon starts and on every spec change: a ba
 Failed with a condition naming the field (``spec.grader.reference: required``), and the daemon waits
 for the next spec change (no retries). A judge endpoint that fails the whole sample test with
 errors that may pass (down, 429, 5xx, timeouts) is phase Pending with reason ``BackendUnavailable``
-(one Warning Event), tested again every retry delay; a store that refuses writes shows as
+(one Warning Event), tested again every retry delay; a dry run that fails that way gives no
+verdict and keeps phase Labeling with the same reason (``_label_and_dry_run``); a store that refuses
+writes shows as
 ``StoreUnavailable`` (``StatusWriter.store_unavailable``). A daemon outlives kopf's per-call
 patch, so it writes its status itself, through ``Cluster.patch_custom_status`` (a merge patch of
 the changed keys only).
