@@ -15,7 +15,8 @@ Covers:
 - an injected NaN loss stops the run with ``Diverged`` (exit 3, status file) before any adapter;
 - injected out-of-memory errors halve the micro-batch (accumulation doubles) and the run completes;
   one error more than the three halvings fails with ``OutOfMemory`` (exit code 4);
-- a dataset with bad lines fails with exit 2 and the line numbers, before training starts.
+- a dataset with bad lines fails with exit 2 and the line numbers, before training starts;
+- an evaluation whose LLM judge is down exits 5 with a ``failed`` line, not a score of 0.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import pytest
 import yaml
 
 from lightning_op import graders
+from lightning_op.testing import judge_server as js
 from lightning_op.training import config as cfg
 from lightning_op.training import data, evaluate, local, tiny
 
@@ -184,6 +186,35 @@ def test_training_lifts_the_tool_selection_score(workdir: Path, trained: dict[st
     assert step_losses[0] > step_losses[-1]
     assert all(e["tokensPerSecond"] > 0 for e in progress if e["tokensPerSecond"] is not None)
     assert any(e.get("epochEnd") and e["validLoss"] is not None for e in progress)
+
+
+def test_evaluating_with_a_judge_that_is_down_exits_5_without_a_score(
+    workdir: Path, trained: dict[str, Any]
+) -> None:
+    """A baseline scored by an LLM judge that answers HTTP 500 to everything: each example is tried
+    ``evaluate.GRADE_ATTEMPTS`` times, then the trainer says the judge was unavailable (exit 5, a
+    ``failed`` line naming the judge's error) instead of reporting a score of 0."""
+    server = js.JudgeServer(faults=js.Faults(server_error_first=10_000))
+    with server.in_thread() as base_url:
+        data = yaml.safe_load(trained["config"].read_text(encoding="utf-8"))
+        data["evaluation"] = {
+            "maxNewTokens": 16,
+            "graderSpec": {
+                "type": "score_model",
+                "name": "judge",
+                "model": "judge-test",
+                "base_url": base_url,
+                "input": [{"role": "user", "content": "Reply: {{sample.output_text}}"}],
+            },
+        }
+        path = _write_config(workdir, "judge-down.yaml", data)
+        proc = _trainer("evaluate", "--config", str(path), "--limit", "3")
+    assert proc.returncode == int(local.ExitCode.EVALUATION_FAILED), proc.stderr[-3000:]
+    (failed,) = [e for e in _events(proc.stdout) if e["event"] == "failed"]
+    assert failed["reason"] == "EvaluationFailed"
+    assert "failed on all 3 examples" in failed["message"] and "HTTP 500" in failed["message"]
+    assert not [e for e in _events(proc.stdout) if e["event"] == "evaluated"]
+    assert server.stats.requests == 3 * evaluate.GRADE_ATTEMPTS
 
 
 def test_sigterm_then_resume_matches_the_uninterrupted_run(workdir: Path, trained: dict[str, Any]) -> None:

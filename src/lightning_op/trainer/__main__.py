@@ -17,7 +17,8 @@ prints one ``evaluated`` line; the full result goes to ``--output`` (default
 
 Exit codes: 0 completed; 1 unexpected error; 2 bad config, grader spec or dataset (nothing was
 trained); 3 diverged (NaN/Inf loss); 4 out of memory after halving the micro-batch 3 times;
-5 trained but the evaluation failed (the adapter is saved); 143 stopped by SIGTERM after writing a
+5 trained but the evaluation failed (the adapter is saved), or ``evaluate`` could not score because
+the grader's backend (an LLM judge) failed on every example; 143 stopped by SIGTERM after writing a
 checkpoint (run again with ``resumeFrom: auto`` to continue).
 
 This module talks to ``training`` (config, local, evaluate, data) and ``graders`` (to build the
@@ -185,6 +186,12 @@ def run_evaluate(
         _emit({"event": "failed", "reason": reason.value, "message": str(exc), "exitCode": 2})
         log.error("%s", exc)
         return int(local.ExitCode.BAD_INPUT)
+    except evaluate.EvaluationUnavailable as exc:
+        code = local.ExitCode.EVALUATION_FAILED
+        failed = {"reason": local.Reason.EVALUATION_FAILED.value, "message": str(exc), "exitCode": int(code)}
+        _emit({"event": "failed", **failed})
+        log.error("%s", exc)
+        return int(code)
     default_name = "evaluation-adapter.json" if adapter is not None else "evaluation-baseline.json"
     out = output or config.output_dir / default_name
     payload = {"adapterPath": str(adapter) if adapter else None, **result.to_json_dict()}

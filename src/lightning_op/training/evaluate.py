@@ -34,6 +34,16 @@ _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 #: end-of-turn markers some templates leave in decoded text
 _END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>", "<|end|>", "<end_of_turn>")
 EVAL_AGENT_ID = "evaluation"
+#: a grading that fails with an error that may pass (a judge's 429, 5xx, timeout) is tried this
+#: many times in all, after 1, 2, 4 ... seconds (or the Retry-After the judge sent, up to 30 s)
+GRADE_ATTEMPTS = 4
+RETRY_BASE_S = 1.0
+MAX_RETRY_AFTER_S = 30.0
+
+
+class EvaluationUnavailable(RuntimeError):
+    """The grader's backend failed on every example with errors that may pass (a judge endpoint down
+    or overloaded): there is no score to give, rather than a score of 0."""
 
 
 class GradeResultLike(Protocol):
@@ -363,12 +373,23 @@ async def _grade_all(
         if episode is None:
             return None
         async with semaphore:
-            try:
-                return await grader.grade(episode)
-            except Exception as exc:  # a grader should not raise; count it as a failed grading
-                return _Failed(f"{type(exc).__name__}: {exc}")
+            for attempt in range(GRADE_ATTEMPTS):
+                try:
+                    grade = await grader.grade(episode)
+                except Exception as exc:  # a grader should not raise; count it as a failed grading
+                    return _Failed(f"{type(exc).__name__}: {exc}")
+                if grade.error is None or not _retryable(grade) or attempt == GRADE_ATTEMPTS - 1:
+                    return grade
+                after = getattr(grade, "retry_after", None)
+                wait = min(float(after), MAX_RETRY_AFTER_S) if after else RETRY_BASE_S * 2**attempt
+                await asyncio.sleep(wait)
+            raise AssertionError("unreachable")
 
     return list(await asyncio.gather(*(one(e) for e in episodes)))
+
+
+def _retryable(grade: Any) -> bool:
+    return bool(getattr(grade, "retryable", False))
 
 
 @dataclass(frozen=True)
@@ -385,7 +406,9 @@ def score_replies(
     *,
     concurrency: int = 16,
 ) -> EvalResult:
-    """Grade raw replies against their rows and sum up the metrics."""
+    """Grade raw replies against their rows and sum up the metrics. A grading that fails with an
+    error that may pass is tried again (``GRADE_ATTEMPTS``); when every grading still failed that
+    way, raises ``EvaluationUnavailable`` instead of scoring the model 0."""
     cases = [_case(row) for row in rows]
     messages = [parse_assistant_output(text) for text in replies]
     episodes: list[ep.Episode | None] = []
@@ -398,6 +421,12 @@ def score_replies(
             episodes.append(None)
             build_errors.append(f"reply cannot form an episode: {ep.validation_reason(exc)}")
     grades = _run(_grade_all(grader, episodes, concurrency))
+    graded = [g for g in grades if g is not None]
+    if graded and all(g.error is not None and _retryable(g) for g in graded):
+        raise EvaluationUnavailable(
+            f"the evaluation grader's backend failed on all {len(graded)} examples, with errors that "
+            f"may pass (after {GRADE_ATTEMPTS} tries each): {graded[0].error}"
+        )
     results: list[ExampleResult] = []
     for index, (case, text, message, grade, build_error) in enumerate(
         zip(cases, replies, messages, grades, build_errors, strict=True)
