@@ -591,7 +591,7 @@ def write_results(summary: str, lines: list[str]) -> None:
             "- The API-work floor (`bench/floor_operator.py`) is a kopf daemon with lightning-op's settings,",
             "  login and client that makes the same writes per object (4 status patches, 4 Events, 2 Jobs,",
             "  the finalizer) and waits for each Job through the Job watch, with no logic at all. It runs at",
-            "  0.12x-0.17x of the no-op across runs here: the 0.5x target cannot be met by any operator",
+            "  0.10x-0.17x of the no-op across runs here: the 0.5x target cannot be met by any operator",
             "  that drives a FineTuneJob through this lifecycle on kopf and this emulator, because the no-op",
             "  makes 2 writes and processes 3 watch events per object where the lifecycle needs 11 writes",
             "  and about 10 events. Against that floor, lightning-op's own logic (spec parsing, the dataset",
