@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -174,7 +176,8 @@ async def _label_and_dry_run(
         # progress it showed until it has progress of its own
         await _report(writer, lflow.labeling_report(spec, None, generation), generation)
     before = await common.run_sync(lflow.count_labels, rt.store, spec, grader.name, grader.version)
-    progress_task = asyncio.create_task(_write_progress(writer, spec, latest, generation, before))
+    flush = functools.partial(_flush_progress, writer, spec, latest, generation, before)
+    progress_task = asyncio.create_task(_every(POLL_SECONDS, flush))
     try:
         await labeling_pipeline.label_batch(
             rt.store,
@@ -191,8 +194,7 @@ async def _label_and_dry_run(
         progress_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await progress_task
-    # the final counts, shown during the dry run (which may take minutes with an LLM judge)
-    await _flush_progress(writer, spec, latest, generation, before)
+    await flush()  # the final counts, shown during the dry run (minutes, with an LLM judge)
     dry = await labeling_pipeline.dry_run(
         rt.store, grader, str(spec.agent_id), spec.dry_run.sample_size, concurrency=spec.concurrency
     )
@@ -211,16 +213,10 @@ def _retry_seconds(rt: common.Runtime) -> float:
     return max(rt.config.retry_delay, POLL_SECONDS)
 
 
-async def _write_progress(
-    writer: common.StatusWriter,
-    spec: rl.RewardLabelingSpec,
-    latest: list[labeling_pipeline.LabelingProgress],
-    generation: int | None,
-    before: lflow.LabelCounts,
-) -> None:
+async def _every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
     while True:
-        await asyncio.sleep(POLL_SECONDS)
-        await _flush_progress(writer, spec, latest, generation, before)
+        await asyncio.sleep(seconds)
+        await action()
 
 
 async def _flush_progress(

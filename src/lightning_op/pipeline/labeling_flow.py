@@ -151,38 +151,25 @@ def sample_report(
         for r in result.records
     ]
     scored = [r for r in result.records if r.score is not None]
+
+    def tested(phase: rl.LabelingPhase, reason: Reason, message: str, passed: bool = False) -> Report:
+        sample_tested = condition(ConditionType.SAMPLE_TESTED, passed, reason, message, generation)
+        return Report(phase, reason, message, (sample_tested,), {"sample": records})
+
     down = backend_down(result.records)
     if down is not None:
         message = (
             f"the grader's backend failed on all {len(records)} sample episodes, with errors that "
             f"may pass (after retries): {down}; testing again"
         )
-        return Report(
-            rl.LabelingPhase.PENDING,
-            Reason.BACKEND_UNAVAILABLE,
-            message,
-            (condition(ConditionType.SAMPLE_TESTED, False, Reason.BACKEND_UNAVAILABLE, message, generation),),
-            {"sample": records},
-        )
+        return tested(rl.LabelingPhase.PENDING, Reason.BACKEND_UNAVAILABLE, message)
     if not scored:
         first = next((r.error for r in result.records if r.error), "no score")
         message = f"the grader failed on all {len(records)} sample episodes: {first}"
-        return Report(
-            rl.LabelingPhase.FAILED,
-            Reason.SAMPLE_TEST_FAILED,
-            message,
-            (condition(ConditionType.SAMPLE_TESTED, False, Reason.SAMPLE_TEST_FAILED, message, generation),),
-            {"sample": records},
-        )
+        return tested(rl.LabelingPhase.FAILED, Reason.SAMPLE_TEST_FAILED, message)
     average = result.average or 0.0
     message = f"sample of {len(records)} episodes scored {average:.2f} on average ({len(scored)} scored)"
-    return Report(
-        rl.LabelingPhase.SAMPLE_TESTED,
-        Reason.SAMPLE_TEST_PASSED,
-        message,
-        (condition(ConditionType.SAMPLE_TESTED, True, Reason.SAMPLE_TEST_PASSED, message, generation),),
-        {"sample": records},
-    )
+    return tested(rl.LabelingPhase.SAMPLE_TESTED, Reason.SAMPLE_TEST_PASSED, message, passed=True)
 
 
 @dataclass(frozen=True)
