@@ -407,8 +407,9 @@ def set_phase(
 ) -> bool:
     """Write ``phase``, ``observedGeneration``, the ``Ready``/``Failed`` conditions plus ``conditions``
     and ``fields`` into ``patch.status`` where they differ from the object's status; post an Event
-    (Warning for Failed and RolledBack) when the phase changes. Returns whether anything changed.
-    ``Ready`` is True in a goal phase (``READY_PHASES``) unless ``ready`` is given.
+    (Warning for Failed and RolledBack) when the phase changes, and a Warning when ``Ready`` starts
+    reporting an outage (``OUTAGE_REASONS``; said once, not on every retry). Returns whether
+    anything changed. ``Ready`` is True in a goal phase (``READY_PHASES``) unless ``ready`` is given.
 
     ``lastTransitionTime`` moves only when a condition's status flips (``set_condition``), so calling
     this again with the same arguments changes nothing and writes nothing."""
@@ -416,6 +417,7 @@ def set_phase(
     generation = _generation(body)
     merged: list[Any] = list(current.get("conditions") or [])
     wanted = phase_conditions(phase, reason, message, generation, ready=ready)
+    before = get_condition(merged, ConditionType.READY)
     failed = get_condition(merged, ConditionType.FAILED)
     if phase != FAILED and failed is not None and failed.status == ConditionStatus.TRUE:
         wanted.append(
@@ -441,6 +443,8 @@ def set_phase(
     if old_phase != str(phase):
         post = kopf.warn if str(phase) in WARNING_PHASES else kopf.info
         post(body, reason=str(reason), message=f"{old_phase or 'New'} -> {phase}: {message}"[:1024])
+    if reason in OUTAGE_REASONS and (before is None or before.reason != reason):
+        kopf.warn(body, reason=str(reason), message=message[:1024])
     return changed
 
 
@@ -451,17 +455,12 @@ def store_outage_message(exc: Exception, retry_delay: float) -> str:
 
 def hold_for_store(body: kopf.Body, patch: kopf.Patch, exc: Exception, retry_delay: float) -> None:
     """The episode store failed a handler: ``Ready`` False with reason ``StoreUnavailable`` and the
-    store's message, the phase and the rest of the status kept; a Warning Event when the outage
-    begins (``Ready`` had another reason). Nothing for an object without a phase yet."""
-    current = current_status(body, patch)
-    phase = current.get("phase")
-    if not phase:
-        return
-    before = get_condition(current.get("conditions") or [], ConditionType.READY)
-    message = store_outage_message(exc, retry_delay)
-    set_phase(body, patch, str(phase), Reason.STORE_UNAVAILABLE, message, ready=False)
-    if before is None or before.reason != Reason.STORE_UNAVAILABLE:
-        kopf.warn(body, reason=Reason.STORE_UNAVAILABLE, message=message[:1024])
+    store's message, the phase and the rest of the status kept (``set_phase`` posts the Warning when
+    the outage begins). Nothing for an object without a phase yet."""
+    phase = current_status(body, patch).get("phase")
+    if phase:
+        message = store_outage_message(exc, retry_delay)
+        set_phase(body, patch, str(phase), Reason.STORE_UNAVAILABLE, message, ready=False)
 
 
 def store_outage(status: Mapping[str, Any]) -> str | None:
@@ -565,16 +564,13 @@ class StatusWriter:
         return True
 
     async def hold(self, generation: int | None, reason: str, message: str) -> None:
-        """``Ready`` False with ``reason`` and ``message`` (an outage), the phase kept (nothing before
-        the first phase), until ``release`` or a phase change; a Warning Event when it begins."""
+        """``Ready`` False with ``reason`` (one of ``OUTAGE_REASONS``) and ``message``, the phase
+        kept (nothing before the first phase), until ``release`` or a phase change; ``set_phase``
+        posts the Warning when it begins."""
         phase = self.current.get("phase")
-        if not phase:
-            return
-        began = self.held is None or self.held[0] != reason
-        self.held = (reason, message)
-        await self.write(generation, str(phase), reason, message)
-        if began:
-            kopf.warn(self.view(generation), reason=reason, message=message[:1024])
+        if phase:
+            self.held = (reason, message)
+            await self.write(generation, str(phase), reason, message)
 
     async def store_unavailable(self, generation: int | None, exc: Exception) -> None:
         """``hold`` with reason ``StoreUnavailable`` and the store's message."""

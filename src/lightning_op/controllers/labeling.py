@@ -138,10 +138,7 @@ async def _run(
                     rt.store, grader, agent, spec.sample_test.size, concurrency=spec.concurrency
                 )
                 report = lflow.sample_report(spec, result, generation)
-                began = (common.outage(writer.current) or ("", ""))[0] != Reason.BACKEND_UNAVAILABLE
                 await _report(writer, report, generation)
-                if began and report.reason == Reason.BACKEND_UNAVAILABLE:  # said once, as a Warning
-                    kopf.warn(writer.view(generation), reason=report.reason, message=report.message[:1024])
             if report.phase == rl.LabelingPhase.PENDING:
                 await _wait_until(body, generation, stopped, _seconds_from_now(_retry_seconds(rt)))
             continue
