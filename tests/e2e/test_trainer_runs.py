@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from typing import Any
 
 import pytest
 import yaml
+from support.tool_choice import rows as _rows
+from support.tool_choice import write_jsonl as _write_jsonl
 
 from lightning_op import graders
 from lightning_op.testing import judge_server as js
@@ -41,34 +42,6 @@ from lightning_op.training import config as cfg
 from lightning_op.training import data, evaluate, local, tiny
 
 pytestmark = pytest.mark.slow
-
-TOOLS = {
-    "analyze_churn": ["churn", "leaving customers", "cancellations"],
-    "sales_report": ["sales report", "revenue summary", "sales numbers"],
-    "top_products": ["top products", "best sellers", "most popular items"],
-    "segment_risk": ["risky segments", "segment risk", "at-risk groups"],
-    "forecast_sales": ["forecast", "next quarter sales", "projected sales"],
-}
-PHRASES = ["Show me {}", "I need the {} please", "What about {}?", "Give me {} for Q3", "Can you get {}"]
-
-
-def _rows(n: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    names = sorted(TOOLS)
-    rows = []
-    for i in range(n):
-        tool = names[i % len(names)]
-        query = rng.choice(PHRASES).format(rng.choice(TOOLS[tool]))
-        call = {"id": "call_0", "type": "function", "function": {"name": tool, "arguments": "{}"}}
-        rows.append(
-            {"messages": [{"role": "user", "content": query}, {"role": "assistant", "tool_calls": [call]}]}
-        )
-    return rows
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
