@@ -27,35 +27,17 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from support.tool_choice import rows, write_jsonl
+from support import tool_choice
 
-from lightning_op import graders
 from lightning_op.training import config as cfg
-from lightning_op.training import data, evaluate, local, tiny
+from lightning_op.training import data, local, tiny
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
-
-HYPER = {
-    "epochs": 30,
-    "learningRate": 0.01,
-    "batchSize": 4,
-    "maxSeqLength": 256,
-    "loraRank": 16,
-    "loraAlpha": 32,
-    "loraDropout": 0.05,
-    "checkpointSteps": 20,
-    "warmupRatio": 0.05,
-    "seed": 7,
-}
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("trainer-gpu")
-    tiny.build_tiny_model(root / "tiny", hidden_size=64, layers=2)
-    write_jsonl(root / "train.jsonl", rows(64, seed=1))
-    write_jsonl(root / "valid.jsonl", rows(20, seed=2))
-    return root
+    return tool_choice.make_workdir(tmp_path_factory.mktemp("trainer-gpu"))
 
 
 def _config(workdir: Path, out: str, **extra: Any) -> Path:
@@ -65,7 +47,7 @@ def _config(workdir: Path, out: str, **extra: Any) -> Path:
         "validationFile": "valid.jsonl",
         "outputDir": out,
         "device": "cuda",
-        "hyperparameters": HYPER,
+        "hyperparameters": tool_choice.HYPERPARAMETERS,
         **extra,
     }
     path = workdir / f"{out}.yaml"
@@ -106,15 +88,8 @@ def test_training_on_cuda_lifts_the_score_and_the_adapter_serves_on_the_cpu(
     progress = [e["loss"] for e in trained["events"] if e["event"] == "progress" and e["loss"] is not None]
     assert progress[0] > progress[-1]
 
-    on_cpu = evaluate.evaluate_model(
-        workdir / "tiny",
-        final["adapterPath"],
-        data.read_rows(workdir / "valid.jsonl"),
-        graders.build_grader(graders.load_grader_spec("tool_selection")),
-        48,
-        device="cpu",
-    )
-    assert on_cpu.score >= baseline["score"] + 0.3, (baseline["score"], on_cpu.score, final["score"])
+    on_cpu = tool_choice.score_on_the_cpu(workdir, final["adapterPath"])
+    assert on_cpu >= baseline["score"] + 0.3, (baseline["score"], on_cpu, final["score"])
 
 
 def test_sigterm_then_resume_on_cuda_matches_the_uninterrupted_run(
@@ -153,19 +128,11 @@ def _example(start: int, n: int, prompt: int) -> data.Example:
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 def test_packed_examples_do_not_attend_to_each_other_on_cuda(dtype: torch.dtype, tolerance: float) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     cuda = torch.device("cuda")
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
+    config = tiny.tiny_llama_config(128, hidden_size=64, max_positions=128)
     config._attn_implementation = local.attention_implementation(cuda)
     model = LlamaForCausalLM(config).to(cuda, dtype).eval()
     a, b = _example(3, 20, 5), _example(60, 15, 5)

@@ -33,13 +33,12 @@ from typing import Any
 
 import pytest
 import yaml
-from support.tool_choice import rows as _rows
+from support import tool_choice
 from support.tool_choice import write_jsonl as _write_jsonl
 
-from lightning_op import graders
 from lightning_op.testing import judge_server as js
 from lightning_op.training import config as cfg
-from lightning_op.training import data, evaluate, local, tiny
+from lightning_op.training import evaluate, local
 
 pytestmark = pytest.mark.slow
 
@@ -57,26 +56,11 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("trainer")
-    tiny.build_tiny_model(root / "tiny", hidden_size=64, layers=2)
-    _write_jsonl(root / "train.jsonl", _rows(64, seed=1))
-    _write_jsonl(root / "valid.jsonl", _rows(20, seed=2))
-    return root
+    return tool_choice.make_workdir(tmp_path_factory.mktemp("trainer"))
 
 
 def _config(workdir: Path, out: str, **hyper: Any) -> dict[str, Any]:
-    hp = {
-        "epochs": 30,
-        "learningRate": 0.01,
-        "batchSize": 4,
-        "maxSeqLength": 256,
-        "loraRank": 16,
-        "loraAlpha": 32,
-        "loraDropout": 0.05,
-        "checkpointSteps": 20,
-        "warmupRatio": 0.05,
-        "seed": 7,
-    }
+    hp = dict(tool_choice.HYPERPARAMETERS)
     hp.update(hyper)
     return {
         "baseModel": "tiny",
@@ -260,15 +244,7 @@ def test_resume_auto_skips_checkpoints_of_another_run(workdir: Path) -> None:
 
 def test_next_round_starts_from_the_previous_adapter(workdir: Path, trained: dict[str, Any]) -> None:
     final = trained["events"][-1]
-    rescored = evaluate.evaluate_model(
-        workdir / "tiny",
-        final["adapterPath"],
-        data.read_rows(workdir / "valid.jsonl"),
-        graders.build_grader(graders.load_grader_spec("tool_selection")),
-        48,
-        device="cpu",
-    )
-    assert rescored.score == final["score"]
+    assert tool_choice.score_on_the_cpu(workdir, final["adapterPath"]) == final["score"]
 
     def first_loss(**extra: Any) -> float:
         config = cfg.parse_config({**_config(workdir, "round2", maxSteps=1), **extra}, base_dir=workdir)

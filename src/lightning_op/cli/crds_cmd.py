@@ -45,4 +45,3 @@ def crds(output_dir: Path | None, rbac: bool) -> None:
             click.echo(f"wrote {path}", err=True)
     except OSError as exc:
         raise click.ClickException(f"cannot write to {output_dir}: {exc.strerror or exc}") from None
-
