@@ -10,6 +10,7 @@ the spec. A judge that answers with something no parser can read is not an outag
 fails the object (``SampleTestFailed``), as before. A judge that goes down in the middle of the
 labeling gives no verdict (rather than a NO-GO from no scores): the object stays Labeling with
 ``BackendUnavailable`` until the judge answers, and the episodes that failed meanwhile are labeled.
+A judge that goes down right after the sample test stops the labeling early with nothing recorded.
 """
 
 from __future__ import annotations
@@ -117,28 +118,12 @@ async def test_a_judge_that_goes_down_mid_labeling_gives_no_verdict_and_uses_up_
     def rule(request: js.JudgeRequest) -> js.Fault | None:
         return js.Fault.SERVER_ERROR if request.seq > 20 and state["down"] else None
 
-    def judge_labels() -> list[list[dict[str, Any]]]:
-        store = store_mod.open_store(store_url)
-        try:
-            query = store_base.EpisodeQuery(agent_id="bot")
-            return [
-                [{"score": lb.score, "error": lb.error} for lb in e.labels if lb.grader == "helpfulness"]
-                for e in store.iter_episodes(query)
-            ]
-        finally:
-            store.close()
-
     server = js.JudgeServer(faults=js.Faults(rule=rule))
     async with server as base_url:
         await operator_process.start()
         await api.create(_manifest("rl", base_url))
 
-        async def outage() -> dict[str, Any] | None:
-            obj = await api.get("RewardLabeling", "rl")
-            conditions = (obj or {}).get("status", {}).get("conditions") or []
-            return obj if any(c["reason"] == "BackendUnavailable" for c in conditions) else None
-
-        obj = await api.wait_for(outage, timeout=40, what="the dry run's outage in Ready")
+        obj = await api.wait_for(lambda: _outage(api, "rl"), timeout=40, what="the dry run's outage in Ready")
         ready = _condition(obj, "Ready")
         assert obj["status"]["phase"] == "Labeling" and "verdict" not in obj["status"]
         assert ready["status"] == "False" and "failed on all 20 dry-run episodes" in ready["message"]
@@ -150,7 +135,7 @@ async def test_a_judge_that_goes_down_mid_labeling_gives_no_verdict_and_uses_up_
         assert api.writes_since(mark, "rewardlabelings") == [], "no status writes while it retries"
         warnings = [e["reason"] for e in await api.events("rl") if e["type"] == "Warning"]
         assert warnings == ["BackendUnavailable"]
-        failed_once = [labels for labels in judge_labels() if labels and labels[0]["score"] is None]
+        failed_once = [labels for labels in _judge_labels(store_url) if labels and labels[0]["score"] is None]
         assert len(failed_once) == 15 and all(len(labels) == 1 for labels in failed_once), (
             "the retries graded sample episodes only: no failed episode lost another try"
         )
@@ -160,7 +145,60 @@ async def test_a_judge_that_goes_down_mid_labeling_gives_no_verdict_and_uses_up_
         assert (obj["status"]["labeled"], obj["status"]["failed"]) == (30, 0)
         assert obj["status"]["scores"]["count"] == 20
         assert _condition(obj, "Ready")["reason"].startswith("Verdict")
-        assert all(any(lb["score"] is not None for lb in labels) for labels in judge_labels())
+        assert all(any(lb["score"] is not None for lb in labels) for labels in _judge_labels(store_url))
+
+
+async def test_a_judge_that_goes_down_before_labeling_records_nothing(
+    api: Any, operator_process: Any, store_url: str
+) -> None:
+    """The sample test passes (5 requests), then the judge fails every request: the labeling stops
+    early (``OUTAGE_STOP_AFTER`` gradings) and records no failed label, the dry run is not tried
+    against the dead judge, and the object waits in Labeling with ``BackendUnavailable``. Once the
+    judge answers, every episode is labeled and the object completes."""
+    seed_keyword_episodes(store_url, "bot")
+    state = {"down": True}
+
+    def rule(request: js.JudgeRequest) -> js.Fault | None:
+        return js.Fault.SERVER_ERROR if request.seq > 5 and state["down"] else None
+
+    server = js.JudgeServer(faults=js.Faults(rule=rule))
+    async with server as base_url:
+        await operator_process.start()
+        await api.create(_manifest("rl-early", base_url))
+
+        obj = await api.wait_for(
+            lambda: _outage(api, "rl-early"), timeout=40, what="the labeling's outage in Ready"
+        )
+        ready = _condition(obj, "Ready")
+        assert obj["status"]["phase"] == "Labeling" and "verdict" not in obj["status"]
+        assert "none was recorded (they keep their tries)" in ready["message"], ready["message"]
+        assert "failed on all" in ready["message"] and "dry-run" not in ready["message"]
+        assert all(labels == [] for labels in _judge_labels(store_url)), "no failed label: no try used"
+
+        state["down"] = False
+        obj = await api.wait_for_phase("RewardLabeling", "rl-early", "Completed", timeout=40)
+        assert (obj["status"]["labeled"], obj["status"]["failed"]) == (30, 0)
+        assert all(len(labels) == 1 and labels[0]["error"] is None for labels in _judge_labels(store_url))
+
+
+def _judge_labels(store_url: str) -> list[list[dict[str, Any]]]:
+    """Each episode's labels by the judge (``score``, ``error``)."""
+    store = store_mod.open_store(store_url)
+    try:
+        query = store_base.EpisodeQuery(agent_id="bot")
+        return [
+            [{"score": lb.score, "error": lb.error} for lb in e.labels if lb.grader == "helpfulness"]
+            for e in store.iter_episodes(query)
+        ]
+    finally:
+        store.close()
+
+
+async def _outage(api: Any, name: str) -> dict[str, Any] | None:
+    """The RewardLabeling when one of its conditions says BackendUnavailable, else None."""
+    obj = await api.get("RewardLabeling", name)
+    conditions = (obj or {}).get("status", {}).get("conditions") or []
+    return obj if any(c["reason"] == "BackendUnavailable" for c in conditions) else None
 
 
 async def _more(server: js.JudgeServer, count: int) -> bool:

@@ -2,7 +2,8 @@
 
 Covers: the sample test's table (record, score, notes) and average, and its JSON object; label-batch
 with a preset and with an LLM judge spec file (over HTTP, through the openai SDK, against the fake
-judge) under a 429/500 storm and junk replies: every episode labeled or marked failed, none twice, the
+judge) under a 429/500 storm and junk replies: every episode labeled or marked failed, none twice; a
+judge that is down stops the run with nothing recorded, however often it is rerun; the
 summary figures; a rerun labels nothing new; the dry run's one JSON object with the contract keys and a
 verdict, its table with the verdict and diagnosis, ``--ranges`` and ``--fail-on``; one-line errors with
 exit 1 for a bad grader file (naming the field), a missing file, conflicting or missing grader flags,
@@ -24,6 +25,7 @@ from click.testing import CliRunner, Result
 
 from lightning_op import cli
 from lightning_op.api import episode as ep
+from lightning_op.pipeline import labeling
 from lightning_op.store import base as store_base
 from lightning_op.testing import judge_server as js
 
@@ -192,6 +194,29 @@ def test_label_batch_with_a_judge_under_a_storm(
             assert label.error and not episode.labeled
         else:
             assert label.score is not None and episode.labeled
+
+
+def test_label_batch_against_a_judge_that_is_down_records_nothing(
+    seeded: str, store: store_base.EpisodeStore, tmp_path: Path
+) -> None:
+    """A judge answering 500 to everything: the run stops early with one line saying so and writes no
+    failed label, so reruns during the outage use up no episode's tries; once it answers, a rerun
+    labels everything."""
+    server = js.JudgeServer(faults=js.Faults(server_error_first=10**9))
+    with server.in_thread() as url:
+        args = ["label-batch", "--grader", str(judge_file(tmp_path, url)), "--agent-id", "bot"]
+        for _ in range(labeling.MAX_FAILED_ATTEMPTS + 1):
+            result = run(seeded, *args, "--max-retries", "0", "-o", "json")
+            assert_one_line_error(result, "the grader's backend did not answer", "no episode used a try")
+            report = json.loads(result.stdout)
+            assert report["labeled"] == 0 and report["failed"] == report["graded"] < 40
+            assert "500" in report["backendDown"]
+        assert all(not e.labels for e in store.iter_episodes(store_base.EpisodeQuery(agent_id="bot")))
+
+        server.faults = js.Faults()
+        result = run(seeded, *args, "-o", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["labeled"] == 40
 
 
 def test_label_batch_min_score_and_review_mode(seeded: str, store: store_base.EpisodeStore) -> None:

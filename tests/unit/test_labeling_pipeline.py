@@ -10,7 +10,9 @@ the store's own error; cancelling a batch stops it promptly. The LLM judge path 
 the openai SDK against ``testing.judge_server``, OpenAI and Azure style): under a 429/500 storm, hangs
 and unparsable replies every episode ends labeled or marked failed, none twice; Retry-After is
 honoured; at most ``concurrency`` requests are ever in flight; the request-rate and token-rate limiter
-holds its rate. The dry run writes nothing, samples reproducibly by seed and gives a verdict; the
+holds its rate. A judge that never answers in a run stops it after ``OUTAGE_STOP_AFTER`` gradings
+with nothing written (the episodes keep their tries); failures before its first answer are written
+once it answers. The dry run writes nothing, samples reproducibly by seed and gives a verdict; the
 sample test grades the newest episodes.
 """
 
@@ -349,6 +351,58 @@ async def test_judge_storm_every_episode_labeled_or_failed_once(
     again = await labeling.label_batch(store, judge_grader(server), agent_id=AGENT, retry_failed=False)
     assert (again.graded, again.skipped) == (0, 48)
     assert server.stats.requests == requests_before
+
+
+async def test_a_judge_that_never_answers_stops_the_run_and_uses_no_try(
+    store: store_base.EpisodeStore, judge: Callable[..., Any]
+) -> None:
+    """Down from the start: each run stops after ``OUTAGE_STOP_AFTER`` gradings and writes nothing,
+    so more outage runs than ``MAX_FAILED_ATTEMPTS`` still leave every episode its tries."""
+    store.insert_many(make_episodes(60))
+    server = await judge(faults=js.Faults(server_error_first=10**9))
+    for _ in range(labeling.MAX_FAILED_ATTEMPTS + 1):
+        grader = judge_grader(server)
+        report = await labeling.label_batch(store, grader, agent_id=AGENT, concurrency=4, max_retries=0)
+        await grader.aclose()
+        assert report.backend_down is not None and "500" in report.backend_down, report.backend_down
+        assert labeling.OUTAGE_STOP_AFTER <= report.graded == report.failed < labeling.OUTAGE_STOP_AFTER + 4
+        assert report.labeled == 0 and report.to_json_dict()["backendDown"] == report.backend_down
+        assert all(labels == [] for labels in labels_by(store, "judge").values())
+
+    server.faults = js.Faults()  # it answers again
+    grader = judge_grader(server)
+    report = await labeling.label_batch(store, grader, agent_id=AGENT, concurrency=4, max_retries=0)
+    await grader.aclose()
+    assert (report.labeled, report.failed, report.backend_down) == (60, 0, None)
+
+
+async def test_a_short_run_against_a_dead_judge_writes_nothing(
+    store: store_base.EpisodeStore, judge: Callable[..., Any]
+) -> None:
+    store.insert_many(make_episodes(5))
+    server = await judge(faults=js.Faults(server_error_first=10**9))
+    grader = judge_grader(server)
+    report = await labeling.label_batch(store, grader, agent_id=AGENT, max_retries=0)
+    await grader.aclose()
+    assert (report.graded, report.failed, report.backend_down is not None) == (5, 5, True)
+    assert all(labels == [] for labels in labels_by(store, "judge").values())
+
+
+async def test_failures_before_the_judge_first_answers_are_written_once_it_does(
+    store: store_base.EpisodeStore, judge: Callable[..., Any]
+) -> None:
+    """Three 500s, then answers: the three failures count (written as failed labels), as any
+    failure after the first answer does."""
+    store.insert_many(make_episodes(10))
+    server = await judge(faults=js.Faults(server_error_first=3))
+    grader = judge_grader(server)
+    report = await labeling.label_batch(store, grader, agent_id=AGENT, concurrency=1, max_retries=0)
+    await grader.aclose()
+    assert (report.graded, report.labeled, report.failed, report.backend_down) == (10, 7, 3, None)
+    labels = labels_by(store, "judge")
+    failed = [ls for ls in labels.values() if ls and ls[0].error is not None]
+    assert len(failed) == 3 and all(len(ls) == 1 and "500" in (ls[0].error or "") for ls in failed)
+    assert all(len(ls) == 1 for ls in labels.values())
 
 
 async def test_unreadable_replies_are_failures_not_crashes(

@@ -354,6 +354,12 @@ def label_batch(
         _common.print_json(report.to_json_dict())
     else:
         _print_label_report(report, grader, agent_id)
+    if report.backend_down is not None:
+        _common.fail(
+            f"the grader's backend did not answer: {_cut(report.backend_down, 200)}; the run stopped after "
+            f"{report.failed} gradings failed with errors that may pass (after retries) and recorded none "
+            "of them, so no episode used a try: run label-batch again when it answers"
+        )
     if report.failed and report.failed == report.graded:
         first = next(iter(report.errors), "grading failed")
         _common.fail(f"every grading failed ({report.failed} of {report.graded}): {_cut(first, 200)}")

@@ -155,8 +155,9 @@ async def _label_and_dry_run(
     grader: graders.Grader,
     generation: int | None,
 ) -> bool:
-    """Label, then dry-run; True when the verdict is written, False when the dry run's grader
-    backend failed on every episode (``Ready`` then says so, the phase stays Labeling).
+    """Label, then dry-run; True when the verdict is written, False when the grader's backend
+    failed on every episode the labeling or the dry run graded (``Ready`` then says so, the phase
+    stays Labeling).
 
     While ``Ready`` holds such an outage, a few sample episodes are graded first (nothing written):
     episodes that failed because the judge was down are labeled again only once it answers, so a
@@ -176,7 +177,7 @@ async def _label_and_dry_run(
     flush = functools.partial(_flush_progress, writer, spec, latest, generation, before)
     progress_task = asyncio.create_task(_every(POLL_SECONDS, flush))
     try:
-        await labeling_pipeline.label_batch(
+        labeled = await labeling_pipeline.label_batch(
             rt.store,
             grader,
             agent_id=str(spec.agent_id),
@@ -192,6 +193,9 @@ async def _label_and_dry_run(
         with contextlib.suppress(asyncio.CancelledError):
             await progress_task
     await flush()  # the final counts, shown during the dry run (minutes, with an LLM judge)
+    if labeled.backend_down is not None:  # the judge never answered: no dry run against it either
+        await writer.hold(generation, Reason.BACKEND_UNAVAILABLE, lflow.labeling_outage_message(labeled))
+        return False
     dry = await labeling_pipeline.dry_run(
         rt.store, grader, str(spec.agent_id), spec.dry_run.sample_size, concurrency=spec.concurrency
     )

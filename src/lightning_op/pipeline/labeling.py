@@ -16,6 +16,12 @@ How ``label_batch`` works, and why:
   worker), else after an exponential backoff with jitter. Each attempt has its own timeout. A
   grading that still fails, or a grader that raises, becomes a ``Label`` with ``error`` on that
   episode: the batch goes on. A rerun retries failed episodes (``retry_failed``), a few times at most.
+- *A backend that never answers*: until the grader has answered once in a run (a score, or a failure
+  that retrying would not fix), failures with errors that may pass (a judge down, 429, 5xx,
+  timeouts, retries spent) are held back, not written. Once it answers they are written as usual.
+  When ``OUTAGE_STOP_AFTER`` gradings in a row fail so before any answer, or the run ends without
+  one, the run stops and writes none of them (``LabelingReport.backend_down``): an outage must not
+  use up the episodes' tries, and grading thousands of episodes against a dead endpoint is wasted.
 - *Writing*: labels are written in batches on the store thread (``run_in_executor``) while grading
   goes on, through ``add_labels`` (one transaction per batch) when the store implements
   ``BatchLabelWriter``, else one ``add_label`` per episode. Each write carries the revision the
@@ -71,6 +77,8 @@ MAX_ERROR_CHARS = 2000
 MAX_ERROR_KINDS = 20
 #: reruns retry an episode this grader version failed on until it has failed this many times
 MAX_FAILED_ATTEMPTS = 3
+#: a run whose first this-many gradings all failed with errors that may pass stops: the backend is down
+OUTAGE_STOP_AFTER = 20
 #: a store write that fails with StoreUnavailableError is tried this many times in all
 STORE_WRITE_ATTEMPTS = 4
 #: seconds before the first retry of a store write; doubled each time
@@ -663,6 +671,9 @@ class LabelingReport:
     std_score: float | None = None
     #: distinct failure messages and how often each occurred (at most ``MAX_ERROR_KINDS``)
     errors: dict[str, int] = field(default_factory=dict)
+    #: the first error when the grader's backend never answered in this run (every grading failed
+    #: with an error that may pass): the run stopped early and wrote none of those failures
+    backend_down: str | None = None
 
     @property
     def episodes_per_second(self) -> float:
@@ -689,7 +700,12 @@ class LabelingReport:
             "durationSeconds": round(self.duration_s, 3),
             "episodesPerSecond": round(self.episodes_per_second, 1),
             "errors": dict(self.errors),
+            "backendDown": self.backend_down,
         }
+
+
+class _BackendDown(Exception):
+    """Raised inside a run to stop it: ``OUTAGE_STOP_AFTER`` gradings failed before any answer."""
 
 
 class SampleRecord(pydantic.BaseModel):
@@ -893,6 +909,9 @@ async def label_batch(
     last_progress = 0.0
     done = 0
     total: int | None = None
+    # Failures that may pass, held back until the backend first answers (see the module docstring).
+    answered = False
+    held: list[store_base.LabelUpdate] = []
 
     def report_progress(force: bool = False) -> None:
         nonlocal last_progress
@@ -938,7 +957,7 @@ async def label_batch(
         writer = _LabelWriter(store, thread, write_batch_size, on_written)
 
         async def handle(graded: _Graded) -> None:
-            nonlocal done, score_sum, score_sq
+            nonlocal done, score_sum, score_sq, answered
             result = graded.result
             report.graded += 1
             done += 1
@@ -973,16 +992,36 @@ async def label_batch(
                     error=message,
                     at=datetime.now(UTC),
                 )
-            if label is not None and auto_label:
-                await writer.submit(store_base.LabelUpdate(graded.episode.id, label, graded.episode.revision))
+            update = (
+                None
+                if label is None
+                else store_base.LabelUpdate(graded.episode.id, label, graded.episode.revision)
+            )
+            if not answered:
+                if update is not None and update.label.error is not None and result.retryable:
+                    held.append(update)  # the backend may be down: no try used yet
+                    report_progress()
+                    if len(held) >= OUTAGE_STOP_AFTER:
+                        raise _BackendDown()
+                    return
+                answered = True  # it answered: what failed before it counts after all
+                if auto_label:
+                    for earlier in held:
+                        await writer.submit(earlier)
+                held.clear()
+            if update is not None and auto_label:
+                await writer.submit(update)
             report_progress()
 
         try:
             if limit != 0:
-                await _run_workers(feed.next, handle, engine, concurrency)
+                with contextlib.suppress(_BackendDown):
+                    await _run_workers(feed.next, handle, engine, concurrency)
             await writer.close()
         finally:
             await feed.aclose()
+    if held:  # the backend never answered: none of its failures was written (they keep their tries)
+        report.backend_down = held[0].label.error
 
     report.retries = engine.retries
     report.errors = dict(errors.most_common())

@@ -117,6 +117,15 @@ def backend_down(records: Sequence[labeling_pipeline.SampleRecord]) -> str | Non
     return next((r.error for r in records if r.error), "no score")
 
 
+def labeling_outage_message(report: labeling_pipeline.LabelingReport) -> str:
+    """``Ready``'s message while labeling stopped because the grader's backend never answered
+    (``LabelingReport.backend_down``): nothing was recorded; the run goes on later."""
+    return (
+        f"the grader's backend failed on all {report.failed} episodes graded, with errors that may pass "
+        f"(after retries): {report.backend_down}; none was recorded (they keep their tries); trying again"
+    )
+
+
 def dry_run_outage_message(dry: labeling_pipeline.DryRunResult, error: str) -> str:
     """``Ready``'s message while the dry run's grader backend failed on every episode
     (``backend_down``): there is no verdict to give yet; the run goes on later."""
