@@ -3,7 +3,8 @@
 Covers: the sample test's table (record, score, notes) and average, and its JSON object; label-batch
 with a preset and with an LLM judge spec file (over HTTP, through the openai SDK, against the fake
 judge) under a 429/500 storm and junk replies: every episode labeled or marked failed, none twice; a
-judge that is down stops the run with nothing recorded, however often it is rerun; the
+judge that is down stops the run with nothing recorded, however often it is rerun, and gives a dry
+run no verdict; the
 summary figures; a rerun labels nothing new; the dry run's one JSON object with the contract keys and a
 verdict, its table with the verdict and diagnosis, ``--ranges`` and ``--fail-on``; one-line errors with
 exit 1 for a bad grader file (naming the field), a missing file, conflicting or missing grader flags,
@@ -279,6 +280,20 @@ def test_dry_run_json_is_one_object_with_the_contract_keys(
     assert data["count"] == 36 and data["failed"] == 4
     assert 0 <= data["fractionPerfect"] <= data["fractionAboveZero"] <= 1
     assert all(isinstance(d, str) for d in data["diagnosis"])
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_dry_run_against_a_judge_that_is_down_gives_no_verdict(
+    seeded: str, tmp_path: Path, output: str
+) -> None:
+    """No score at all is no learning signal either way: one line saying so, not a NO-GO that blames
+    the rewards (a CI gate with --fail-on no-go fails for the outage, saying it is one)."""
+    server = js.JudgeServer(faults=js.Faults(server_error_first=10**9))
+    with server.in_thread() as url:
+        args = ["dry-run", "--grader", str(judge_file(tmp_path, url)), "--agent-id", "bot"]
+        result = run(seeded, *args, "--sample-size", "10", "--max-retries", "0", "-o", output)
+    assert_one_line_error(result, "no verdict", "failed on all 10 sampled episodes", "500")
+    assert "NO-GO" not in result.output and result.stdout == ""
 
 
 def test_dry_run_table_shows_a_verdict_that_explains_itself(

@@ -457,6 +457,12 @@ def dry_run(
         result = _run_with_grader(
             grader, lambda: labeling.dry_run(store, grader, agent_id, size, ranges, **options)
         )
+    down = labeling.backend_down(result.records)
+    if down is not None:  # no scores is no signal either way: a NO-GO would blame the rewards
+        _common.fail(
+            f"no verdict: the grader's backend failed on all {len(result.records)} sampled episodes with "
+            f"errors that may pass (after retries): {_cut(down, 200)}; run dry-run again when it answers"
+        )
     if output == "json":
         _common.print_json(result.to_json_dict())
     else:

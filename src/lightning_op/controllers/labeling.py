@@ -166,7 +166,7 @@ async def _label_and_dry_run(
         probe = await labeling_pipeline.sample_test(
             rt.store, grader, str(spec.agent_id), spec.sample_test.size, concurrency=spec.concurrency
         )
-        if lflow.backend_down(probe.records) is not None:
+        if labeling_pipeline.backend_down(probe.records) is not None:
             return False
     latest: list[labeling_pipeline.LabelingProgress] = []
     if writer.current.get("phase") != rl.LabelingPhase.LABELING:
@@ -199,7 +199,7 @@ async def _label_and_dry_run(
     dry = await labeling_pipeline.dry_run(
         rt.store, grader, str(spec.agent_id), spec.dry_run.sample_size, concurrency=spec.concurrency
     )
-    down = lflow.backend_down(dry.records)
+    down = labeling_pipeline.backend_down(dry.records)
     if down is not None:  # no verdict from a judge that is down
         await writer.hold(generation, Reason.BACKEND_UNAVAILABLE, lflow.dry_run_outage_message(dry, down))
         return False

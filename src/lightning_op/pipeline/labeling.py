@@ -735,6 +735,15 @@ def _record(graded: _Graded) -> SampleRecord:
     )
 
 
+def backend_down(records: Sequence[SampleRecord]) -> str | None:
+    """The first error when the grader failed on every record with errors that may pass (a judge
+    endpoint down, 429, 5xx, timeouts; retries spent), else None: grading may work again later.
+    For a sample test's or a dry run's records: there is no result to judge the grader by."""
+    if not records or not all(r.score is None and r.retryable for r in records):
+        return None
+    return next((r.error for r in records if r.error), "no score")
+
+
 @dataclass
 class SampleTestResult:
     grader: str

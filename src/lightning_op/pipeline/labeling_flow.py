@@ -16,7 +16,7 @@ Talks to ``api`` (RewardLabeling models, conditions), ``graders`` (spec validati
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -109,14 +109,6 @@ def _cut(text: str | None, limit: int = MAX_REASON_CHARS) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def backend_down(records: Sequence[labeling_pipeline.SampleRecord]) -> str | None:
-    """The first error when the grader failed on every record with errors that may pass (a judge
-    endpoint down, 429, 5xx, timeouts; retries spent), else None: grading may work again later."""
-    if not records or not all(r.score is None and r.retryable for r in records):
-        return None
-    return next((r.error for r in records if r.error), "no score")
-
-
 def labeling_outage_message(report: labeling_pipeline.LabelingReport) -> str:
     """``Ready``'s message while labeling stopped because the grader's backend never answered
     (``LabelingReport.backend_down``): nothing was recorded; the run goes on later."""
@@ -165,7 +157,7 @@ def sample_report(
         sample_tested = condition(ConditionType.SAMPLE_TESTED, passed, reason, message, generation)
         return Report(phase, reason, message, (sample_tested,), {"sample": records})
 
-    down = backend_down(result.records)
+    down = labeling_pipeline.backend_down(result.records)
     if down is not None:
         message = (
             f"the grader's backend failed on all {len(records)} sample episodes, with errors that "
