@@ -226,18 +226,16 @@ def _import_everything() -> int:
     return _rss_now()
 
 
-def worker_ours(args: dict[str, Any]) -> dict[str, Any]:
-    rss0 = _import_everything()
-    import torch
-
+def ours_config(args: dict[str, Any]) -> Any:
+    """Our trainer's config for a run: ``args``' model, data, output directory, steps, packed rows
+    per step (``packed_batch``), sequence length and LoRA rank; no checkpoints, no warm-up."""
     from lightning_op.training import config as cfg
-    from lightning_op.training import local
 
-    config = cfg.parse_config(
+    return cfg.parse_config(
         {
-            "baseModel": args["model"],
-            "trainFile": args["data"],
-            "outputDir": args["out"],
+            "baseModel": str(args["model"]),
+            "trainFile": str(args["data"]),
+            "outputDir": str(args["out"]),
             "device": "auto",
             "hyperparameters": {
                 "epochs": 100,
@@ -254,6 +252,20 @@ def worker_ours(args: dict[str, Any]) -> dict[str, Any]:
             },
         }
     )
+
+
+def packed_rows(spec: dict[str, Any], mean_length: float) -> int:
+    """Packed rows per step holding, on average, the baseline's ``batch`` examples per step."""
+    return max(1, round(int(spec["batch"]) * mean_length / int(spec["seq"])))
+
+
+def worker_ours(args: dict[str, Any]) -> dict[str, Any]:
+    rss0 = _import_everything()
+    import torch
+
+    from lightning_op.training import local
+
+    config = ours_config(args)
     stream = io.StringIO()
     result = local.train(config, writer=local.ProgressWriter(None, stream=stream), handle_sigterm=False)
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -403,14 +415,19 @@ def machine() -> str:
     return text
 
 
+def _section_pattern(heading: str) -> re.Pattern[str]:
+    """A ``## heading`` section of RESULTS.md, up to the next ``## `` heading or the end."""
+    return re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+
+
 def record(body: str, heading: str) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = _section_pattern(heading)
     section = f"{heading}\n\n{body.strip()}\n\n"
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
     else:  # a new section goes right after the trainer's other one, else at the end
-        after = re.compile(rf"^{re.escape(SECTIONS[False])}\n.*?(?=^## |\Z)", re.S | re.M).search(text)
+        after = _section_pattern(SECTIONS[False]).search(text)
         end = after.end() if after and heading != SECTIONS[False] else len(text)
         text = text[:end].rstrip() + "\n\n" + section + text[end:]
     RESULTS.write_text(text.rstrip() + "\n")
@@ -482,7 +499,7 @@ def main() -> int:
     if args.dry_run:
         return 0
 
-    packed_batch = max(1, round(spec["batch"] * mean_len / spec["seq"]))
+    packed_batch = packed_rows(spec, mean_len)
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         root = Path(tmp)
         model_dir = build_model_dir(name, root)

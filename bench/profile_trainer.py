@@ -28,32 +28,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_trainer as bt  # noqa: E402
 
 
-def _config(model: Path, data_path: Path, out: Path, rows: int, seq: int, steps: int, rank: int) -> Any:
-    from lightning_op.training import config as cfg
-
-    return cfg.parse_config(
-        {
-            "baseModel": str(model),
-            "trainFile": str(data_path),
-            "outputDir": str(out),
-            "device": "auto",
-            "hyperparameters": {
-                "epochs": 100,
-                "maxSteps": steps,
-                "learningRate": 1e-4,
-                "batchSize": rows,
-                "maxSeqLength": seq,
-                "loraRank": rank,
-                "loraAlpha": 2 * rank,
-                "loraDropout": 0.0,
-                "checkpointSteps": 0,
-                "warmupRatio": 0.0,
-                "packing": True,
-            },
-        }
-    )
-
-
 def _steady(events: list[dict[str, Any]]) -> tuple[float, float]:
     steps = [e for e in events if e["event"] == "progress" and e.get("loss") is not None]
     rate = bt._steady_rate([e["time"] for e in steps], [e["tokens"] for e in steps])
@@ -76,21 +50,21 @@ def main() -> int:
     spec = bt.CONFIGS[args.config]
     rows_data, examples, _, _, per_token = bt.describe(args.config)
     mean_len = sum(len(e) for e in examples) / len(examples)
-    bench_rows = max(1, round(spec["batch"] * mean_len / spec["seq"]))
+    bench_rows = bt.packed_rows(spec, mean_len)
     cuda = torch.cuda.is_available()
+    peak = bt.gpu_peak_tflops(None)
     with tempfile.TemporaryDirectory(prefix="profile-trainer-") as tmp:
         root = Path(tmp)
         model_dir = bt.build_model_dir(args.config, root)
         data_path = root / "train.jsonl"
         data_path.write_text("".join(json.dumps(r) + "\n" for r in rows_data))
 
-        def run(
-            rows: int, steps: int, writer: local.ProgressWriter, stream: io.StringIO
-        ) -> list[dict[str, Any]]:
-            config = _config(
-                model_dir, data_path, root / f"out-{rows}", rows, spec["seq"], steps, spec["lora_rank"]
-            )
-            local.train(config, writer=writer, handle_sigterm=False)
+        def run(rows: int, steps: int, writer: type[local.ProgressWriter]) -> list[dict[str, Any]]:
+            """Our trainer on the benchmark's data at ``rows`` per step; its JSON events."""
+            stream = io.StringIO()
+            args = {"model": model_dir, "data": data_path, "out": root / f"out-{rows}", "steps": steps}
+            args.update(packed_batch=rows, seq=spec["seq"], lora_rank=spec["lora_rank"])
+            local.train(bt.ours_config(args), writer=writer(None, stream=stream), handle_sigterm=False)
             if cuda:
                 torch.cuda.empty_cache()
             return [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -98,12 +72,11 @@ def main() -> int:
         print(f"benchmark plan: {bench_rows} packed row(s) of {spec['seq']} per step")
         step_ms: dict[int, float] = {}
         for rows in sorted({bench_rows, 2 * bench_rows, 4 * bench_rows}):
-            out = io.StringIO()
-            rate, per_step = _steady(run(rows, args.steps, local.ProgressWriter(None, stream=out), out))
+            rate, per_step = _steady(run(rows, args.steps, local.ProgressWriter))
             step_ms[rows] = 1000 * per_step
             print(
                 f"rows {rows}: {rate:,.0f} non-pad tokens/s, {1000 * per_step:.0f} ms per step"
-                + (f", MFU {100 * rate * per_token / 989e12:.1f}%" if cuda else "")
+                + (f", MFU {100 * rate * per_token / (peak * 1e12):.1f}%" if peak else "")
             )
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -117,8 +90,7 @@ def main() -> int:
                     return super().emit(event, **fields)
 
             started = time.perf_counter()
-            out = io.StringIO()
-            run(bench_rows, 4 + 2 + active + 1, Stepper(None, stream=out), out)
+            run(bench_rows, 4 + 2 + active + 1, Stepper)
             print(f"profiled run: {time.perf_counter() - started:.1f} s")
         averages = prof.key_averages()
 
