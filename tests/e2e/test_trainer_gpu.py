@@ -138,12 +138,10 @@ def test_packed_examples_do_not_attend_to_each_other_on_cuda(dtype: torch.dtype,
     a, b = _example(3, 20, 5), _example(60, 15, 5)
     flatten = config._attn_implementation.startswith("flash")
     batch = data.collate([a, b], [data.Row((0, 1))], pad_id=0, packing=True, flatten=flatten)
-    extra = (
-        {"cu_seq_lens_q": batch.cu_seqlens.to(cuda), "cu_seq_lens_k": batch.cu_seqlens.to(cuda)}
-        if flatten
-        else {}
-    )
-    if flatten:
+    extra: dict[str, Any] = {}
+    if flatten:  # the varlen boundaries the trainer passes flash-attention (see local._to_device)
+        cu = batch.cu_seqlens.to(cuda)
+        extra = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu}
         extra.update(max_length_q=batch.max_length, max_length_k=batch.max_length)
     with torch.no_grad():
         packed = (

@@ -401,7 +401,7 @@ def skip_adapter_input_casts(model: Any) -> int:
     autocast casts it straight back to bf16 for ``lora_A``'s matmul: two copies per layer forward,
     and backward's for them, for the same numbers. A GPU step of a small model is bound by
     launching kernels (the benchmark's 0.5B config on an H200: 6,300 kernels a step, 1,800 of them
-    dtype copies, the GPU busy a third of the time), so each copy saved is time saved. Returns how
+    dtype copies, the GPU busy under a fifth of the time), so each copy saved is time saved. Returns how
     many layers changed.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
