@@ -113,12 +113,8 @@ async def test_a_judge_that_goes_down_mid_labeling_gives_no_verdict_and_uses_up_
     sample episodes, so the failed episodes keep their tries. Once the judge answers, they are
     labeled and the object completes."""
     seed_keyword_episodes(store_url, "bot")
-    state = {"down": True}
-
-    def rule(request: js.JudgeRequest) -> js.Fault | None:
-        return js.Fault.SERVER_ERROR if request.seq > 20 and state["down"] else None
-
-    server = js.JudgeServer(faults=js.Faults(rule=rule))
+    judge = _DownAfter(20)
+    server = judge.server
     async with server as base_url:
         await operator_process.start()
         await api.create(_manifest("rl", base_url))
@@ -140,7 +136,7 @@ async def test_a_judge_that_goes_down_mid_labeling_gives_no_verdict_and_uses_up_
             "the retries graded sample episodes only: no failed episode lost another try"
         )
 
-        state["down"] = False
+        judge.down = False
         obj = await api.wait_for_phase("RewardLabeling", "rl", "Completed", timeout=40)
         assert (obj["status"]["labeled"], obj["status"]["failed"]) == (30, 0)
         assert obj["status"]["scores"]["count"] == 20
@@ -156,12 +152,8 @@ async def test_a_judge_that_goes_down_before_labeling_records_nothing(
     against the dead judge, and the object waits in Labeling with ``BackendUnavailable``. Once the
     judge answers, every episode is labeled and the object completes."""
     seed_keyword_episodes(store_url, "bot")
-    state = {"down": True}
-
-    def rule(request: js.JudgeRequest) -> js.Fault | None:
-        return js.Fault.SERVER_ERROR if request.seq > 5 and state["down"] else None
-
-    server = js.JudgeServer(faults=js.Faults(rule=rule))
+    judge = _DownAfter(5)
+    server = judge.server
     async with server as base_url:
         await operator_process.start()
         await api.create(_manifest("rl-early", base_url))
@@ -175,10 +167,23 @@ async def test_a_judge_that_goes_down_before_labeling_records_nothing(
         assert "failed on all" in ready["message"] and "dry-run" not in ready["message"]
         assert all(labels == [] for labels in _judge_labels(store_url)), "no failed label: no try used"
 
-        state["down"] = False
+        judge.down = False
         obj = await api.wait_for_phase("RewardLabeling", "rl-early", "Completed", timeout=40)
         assert (obj["status"]["labeled"], obj["status"]["failed"]) == (30, 0)
         assert all(len(labels) == 1 and labels[0]["error"] is None for labels in _judge_labels(store_url))
+
+
+class _DownAfter:
+    """A judge that answers its first ``answered`` requests, then fails each with HTTP 500 while
+    ``down``."""
+
+    def __init__(self, answered: int) -> None:
+        self.answered = answered
+        self.down = True
+        self.server = js.JudgeServer(faults=js.Faults(rule=self.rule))
+
+    def rule(self, request: js.JudgeRequest) -> js.Fault | None:
+        return js.Fault.SERVER_ERROR if request.seq > self.answered and self.down else None
 
 
 def _judge_labels(store_url: str) -> list[list[dict[str, Any]]]:
