@@ -10,7 +10,9 @@ attention kernel ``local.attention_implementation`` picks):
 - SIGTERM mid-run, then resume on the GPU: the final loss is within 1% of the uninterrupted run's
   (the checkpoint carries the CUDA RNG and the optimizer state);
 - packed examples do not attend to each other with the kernel the trainer uses on CUDA, in fp32
-  and in bf16.
+  and in bf16;
+- a real CUDA out-of-memory error (the process capped below what the micro-batch needs) halves the
+  micro-batch and the run completes (the CPU tests can only inject the error).
 """
 
 from __future__ import annotations
@@ -160,3 +162,51 @@ def test_packed_examples_do_not_attend_to_each_other_on_cuda(dtype: torch.dtype,
     error = (packed[20:35] - alone).abs().max().item()
     assert error <= tolerance * max(1.0, alone.abs().max().item()), (error, leak)
     assert leak > 10 * error, (error, leak)
+
+
+def _peak_reserved(config: cfg.TrainerConfig) -> int:
+    """The CUDA memory the caching allocator reserved at most while ``config`` trained."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    local.train(config, writer=local.ProgressWriter(None, stream=io.StringIO()), handle_sigterm=False)
+    torch.cuda.empty_cache()
+    return int(torch.cuda.max_memory_reserved())
+
+
+def test_a_real_cuda_out_of_memory_halves_the_micro_batch_and_the_run_completes(workdir: Path) -> None:
+    tool_choice.write_jsonl(workdir / "long.jsonl", tool_choice.rows(800, seed=3))
+    hyper = {**tool_choice.HYPERPARAMETERS, "epochs": 1, "maxSteps": 2, "checkpointSteps": 0}
+    hyper.update(maxSeqLength=1024, batchSize=16)
+
+    def config(out: str, batch: int) -> cfg.TrainerConfig:
+        body = {
+            "baseModel": "tiny",
+            "trainFile": "long.jsonl",
+            "outputDir": out,
+            "device": "cuda",
+            "hyperparameters": {**hyper, "batchSize": batch},
+        }
+        return cfg.parse_config(body, base_dir=workdir)
+
+    # Measure what 16 and 2 packed rows per micro-batch need, then cap the process halfway between:
+    # 16 rows cannot fit, 8 (and fewer) can.
+    small, large = _peak_reserved(config("oom-m2", 2)), _peak_reserved(config("oom-m16", 16))
+    assert large > 2 * small, (small, large)
+    total = torch.cuda.get_device_properties(0).total_memory
+    stream = io.StringIO()
+    torch.cuda.set_per_process_memory_fraction((small + large) / 2 / total)
+    try:
+        result = local.train(
+            config("oom-real", 16), writer=local.ProgressWriter(None, stream=stream), handle_sigterm=False
+        )
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    events = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+    ooms = [e for e in events if e["event"] == "oom"]
+    assert ooms, events
+    assert all("out of memory" in e["message"].lower() and "injected" not in e["message"] for e in ooms)
+    assert ooms[0]["microBatchSize"] == 8 and ooms[0]["gradientAccumulation"] == 2, ooms[0]
+    assert result.steps == 2 and result.micro_batch_size <= 8, result
+    losses = [e["loss"] for e in events if e["event"] == "progress" and e["loss"] is not None]
+    assert losses and all(0 < loss < 100 for loss in losses), losses
