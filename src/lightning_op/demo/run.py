@@ -73,8 +73,10 @@ class DemoSettings:
     lr_decay: float = 0.6
     min_reward: float = 0.7
     learning_rate: float = 2e-3
-    epochs: int = 3
-    lora_rank: int = 8
+    #: 8 epochs at rank 16: round 1 scored 0.80-0.90 on the held-out queries for seeds 0-3 (3 epochs
+    #: at rank 8 scored 0.62-0.92, and seed 0, the default, needed a second round to reach 0.754)
+    epochs: int = 8
+    lora_rank: int = 16
     batch_size: int = 8
     base_hidden: int = 128
 
