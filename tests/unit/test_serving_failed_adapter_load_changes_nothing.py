@@ -30,7 +30,7 @@ import pytest
 from aiohttp import test_utils
 
 from lightning_op.serving import server as server_mod
-from lightning_op.training import tiny
+from lightning_op.training import local, tiny
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,8 @@ def _make_adapter(base: Path, out: Path, *, rank: int, targets: list[str], seed:
         init_lora_weights=False,
         task_type="CAUSAL_LM",
     )
-    get_peft_model(model, config).save_pretrained(str(out))
+    with local.quiet_peft_deprecations():
+        get_peft_model(model, config).save_pretrained(str(out))
     return out
 
 

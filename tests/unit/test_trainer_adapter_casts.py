@@ -37,7 +37,8 @@ def _peft_model() -> Any:
     config = tiny.tiny_llama_config(128, hidden_size=64, layers=LAYERS, max_positions=128)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, lora)
+    with local.quiet_peft_deprecations():
+        peft_model = get_peft_model(model, lora)
     # peft keeps the adapters in fp32 over a bf16 base, as the trainer's are
     torch.manual_seed(1)
     for name, param in peft_model.named_parameters():

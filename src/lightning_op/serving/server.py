@@ -173,6 +173,8 @@ class ModelServer:
         """Load (or swap to) the adapter at ``path``; ``None`` unloads it. Blocks until done."""
         from peft import PeftModel
 
+        from lightning_op.training import local
+
         if name is not None and name == self.base_name:
             raise ServingError(f"the tuned name {name!r} is the base model's name", param="name")
         if path is None:
@@ -201,10 +203,11 @@ class ModelServer:
             slot = f"adapter-{self.adapter_version + 1}"
             served = self.peft.active_adapter if self.peft is not None else None
             try:
-                if self.peft is None:
-                    self.peft = PeftModel.from_pretrained(self.model, str(adapter), adapter_name=slot)
-                else:
-                    self.peft.load_adapter(str(adapter), adapter_name=slot)
+                with local.quiet_peft_deprecations():
+                    if self.peft is None:
+                        self.peft = PeftModel.from_pretrained(self.model, str(adapter), adapter_name=slot)
+                    else:
+                        self.peft.load_adapter(str(adapter), adapter_name=slot)
             except Exception as exc:  # whatever the adapter's files make peft or torch raise
                 self._undo_failed_load(slot, served)
                 kept = f"adapter {self.adapter_path} is" if self.adapter_path else "base model alone is"

@@ -528,7 +528,8 @@ def load_for_inference(
             raise FileNotFoundError(
                 f"adapter {adapter}: no adapter_config.json (not a LoRA adapter directory)"
             )
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        with local.quiet_peft_deprecations():
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.eval()
     return model, tokenizer
 

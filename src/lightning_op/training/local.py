@@ -56,6 +56,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,6 +351,18 @@ def load_base_model(path: Path, device: Any, *, attention: str | None = None) ->
     return model.to(device)
 
 
+@contextlib.contextmanager
+def quiet_peft_deprecations() -> Iterator[None]:
+    """Hide the FutureWarning peft's adapter wrapping triggers on every load: peft reads
+    ``model.is_gradient_checkpointing``, which transformers 5 deprecated. Nothing a user can act on;
+    it filled every trainer's stderr and the model server's log. Other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def load_for_training(config: cfg.TrainerConfig, device: Any) -> LoadedModel:
     """Base model + tokenizer with a trainable LoRA adapter (fresh, or ``initAdapter``'s weights)."""
     import torch
@@ -364,7 +377,8 @@ def load_for_training(config: cfg.TrainerConfig, device: Any) -> LoadedModel:
     if config.init_adapter is not None:
         if not (config.init_adapter / "adapter_config.json").is_file():
             raise cfg.ConfigError(f"initAdapter: {config.init_adapter} holds no adapter_config.json")
-        peft_model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+        with quiet_peft_deprecations():
+            peft_model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
         targets = sorted(getattr(peft_model.peft_config["default"], "target_modules", None) or [])
     else:
         linear_names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
@@ -378,7 +392,8 @@ def load_for_training(config: cfg.TrainerConfig, device: Any) -> LoadedModel:
             task_type="CAUSAL_LM",
         )
         try:
-            peft_model = get_peft_model(model, lora)
+            with quiet_peft_deprecations():
+                peft_model = get_peft_model(model, lora)
         except ValueError as exc:
             raise cfg.ConfigError(f"hyperparameters.targetModules: {exc}") from None
     if uses_bf16(device):
