@@ -9,17 +9,24 @@ benchmark's ``gpu`` config it prints
   launched per step, the GPU's busy time per step against the step's wall time, and the ops that
   take the most host and device time.
 
-    python bench/profile_trainer.py [--config gpu] [--steps N]
+With ``--compile-layers`` it instead runs the benchmark's plan twice, eager and with every decoder
+layer of the peft model compiled (``layer.compile()``; the packed-sequence mask is built outside the
+layers), and prints both steady rates, the compiled run's wall time (compiling included) and the
+largest difference between the two runs' losses. A probe of the next lever, not a trainer option.
+
+    python bench/profile_trainer.py [--config gpu] [--steps N] [--compile-layers]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +43,31 @@ def _steady(events: list[dict[str, Any]]) -> tuple[float, float]:
     return rate, per_step
 
 
+@contextlib.contextmanager
+def compiled_layers() -> Iterator[None]:
+    """Our trainer, with each decoder layer of the model it loads compiled, while in the block."""
+    from lightning_op.training import local
+
+    load = local.load_for_training
+
+    def load_compiled(config: Any, device: Any) -> Any:
+        loaded = load(config, device)
+        for layer in loaded.model.get_base_model().model.layers:
+            layer.compile()
+        return loaded
+
+    local.load_for_training = load_compiled
+    try:
+        yield
+    finally:
+        local.load_for_training = load
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=sorted(bt.CONFIGS), default="gpu")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--compile-layers", action="store_true", help="eager against compiled layers")
     args = parser.parse_args()
 
     import torch
@@ -70,6 +98,21 @@ def main() -> int:
             return [json.loads(line) for line in stream.getvalue().splitlines()]
 
         print(f"benchmark plan: {bench_rows} packed row(s) of {spec['seq']} per step")
+        if args.compile_layers:
+            losses: dict[str, list[float]] = {}
+            for name in ("eager", "compiled"):
+                started = time.perf_counter()
+                with compiled_layers() if name == "compiled" else contextlib.nullcontext():
+                    events = run(bench_rows, args.steps, local.ProgressWriter)
+                rate, per_step = _steady(events)
+                losses[name] = [e["loss"] for e in events if e["event"] == "progress" and e.get("loss")]
+                print(
+                    f"{name}: {rate:,.0f} non-pad tokens/s, {1000 * per_step:.0f} ms per step, "
+                    f"run {time.perf_counter() - started:.1f} s"
+                )
+            diff = max(abs(a - b) for a, b in zip(losses["eager"], losses["compiled"], strict=True))
+            print(f"largest loss difference over {len(losses['eager'])} steps: {diff:.2e}")
+            return 0
         step_ms: dict[int, float] = {}
         for rows in sorted({bench_rows, 2 * bench_rows, 4 * bench_rows}):
             rate, per_step = _steady(run(rows, args.steps, local.ProgressWriter))
