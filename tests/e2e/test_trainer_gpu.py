@@ -175,8 +175,13 @@ def _peak_reserved(config: cfg.TrainerConfig) -> int:
 
 def test_a_real_cuda_out_of_memory_halves_the_micro_batch_and_the_run_completes(workdir: Path) -> None:
     tool_choice.write_jsonl(workdir / "long.jsonl", tool_choice.rows(800, seed=3))
-    hyper = {**tool_choice.HYPERPARAMETERS, "epochs": 1, "maxSteps": 2, "checkpointSteps": 0}
-    hyper.update(maxSeqLength=1024, batchSize=16)
+    hyper = {
+        **tool_choice.HYPERPARAMETERS,
+        "epochs": 1,
+        "maxSteps": 2,
+        "checkpointSteps": 0,
+        "maxSeqLength": 1024,
+    }
 
     def config(out: str, batch: int) -> cfg.TrainerConfig:
         body = {
