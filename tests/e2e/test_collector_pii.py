@@ -164,6 +164,72 @@ def test_an_id_derived_by_the_collector_does_not_fingerprint_what_was_redacted(t
     assert episodes["s-1"].id == stored_id
 
 
+def test_sessions_named_by_an_email_stay_apart_once_redaction_makes_them_look_alike(tmp_path: Path) -> None:
+    """Two users whose session ids are their emails ask the same first question: redaction turns
+    both session ids into the same placeholder, and the derived ids must still differ, or the
+    second user's episode is dropped as a duplicate of the first. A resent batch is still a
+    duplicate, and the id can still be checked from what the store keeps."""
+    from lightning_op.api import episode as ep
+
+    def turn_zero(user: str, when: str) -> dict[str, Any]:
+        return {
+            "agentId": "mail-bot",
+            "sessionId": user,
+            "turn": 0,
+            "timestamp": when,
+            "state": {"query": "what is my order status?"},
+            "action": {"tool": "order_status", "arguments": {}},
+        }
+
+    alice = turn_zero("alice@example.com", "2026-01-01T09:00:00Z")
+    bob = turn_zero("bob@example.com", "2026-01-02T10:30:00Z")
+    store_url = f"sqlite:///{tmp_path / 'episodes.db'}"
+    with CollectorProcess(store_url) as collector, httpx.Client(base_url=collector.url) as http:
+        first = http.post("/v1/episodes", json=[alice]).json()
+        second = http.post("/v1/episodes", json=[bob]).json()
+        resent = http.post("/v1/episodes", json=[alice, bob]).json()
+
+    assert (first["accepted"], second["accepted"]) == (1, 1), second
+    assert first["results"][0]["id"] != second["results"][0]["id"]
+    assert (resent["accepted"], resent["duplicates"]) == (0, 2)
+    with store_mod.open_store(store_url) as store:
+        stored = store.query(store_base.EpisodeQuery(agent_id="mail-bot")).items
+    assert sorted(e.session_id or "" for e in stored) == ["[REDACTED:email]"] * 2
+    for episode in stored:
+        recomputed = ep.Episode.model_validate({k: v for k, v in episode.to_json_dict().items() if k != "id"})
+        assert episode.id == recomputed.id
+
+
+def test_an_episode_that_redaction_grows_past_the_limit_is_refused_alone(tmp_path: Path) -> None:
+    """Placeholders are longer than short emails: a result of 25,000 of them grows past the store's
+    limit for one field only after redaction. That episode is rejected with a reason naming the
+    field; the good episodes of the same batch are stored (an id-less episode, as the capture
+    client sends, once made the whole batch a 500)."""
+    good = [
+        {"agentId": "big-bot", "turn": n, "state": {"query": f"question {n}"}, "result": {"ok": n}}
+        for n in range(3)
+    ]
+    grown = {
+        "agentId": "big-bot",
+        "turn": 9,
+        "state": {"query": "list the emails"},
+        "result": ["a@b.co"] * 25_000,
+    }
+    store_url = f"sqlite:///{tmp_path / 'episodes.db'}"
+    with CollectorProcess(store_url) as collector, httpx.Client(base_url=collector.url) as http:
+        answer = http.post("/v1/episodes", json=[good[0], grown, *good[1:]])
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["accepted"], body["rejected"]) == (3, 1)
+    refused = body["results"][1]
+    assert refused["status"] == "rejected"
+    assert "result" in refused["reason"] and "after redaction" in refused["reason"]
+    with store_mod.open_store(store_url) as store:
+        stored = store.query(store_base.EpisodeQuery(agent_id="big-bot")).items
+    assert sorted(e.turn for e in stored) == [0, 1, 2]
+
+
 def test_custom_redaction_patterns_keep_matches_out_of_the_database(tmp_path: Path) -> None:
     """``--redact-pattern`` (EpisodeCapture's spec.redaction.patterns) applies before the write."""
     db = tmp_path / "episodes.db"

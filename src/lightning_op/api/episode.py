@@ -27,6 +27,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 from pydantic.alias_generators import to_camel
 
 MAX_ID_CHARS = 256
+#: how every redaction placeholder (``[REDACTED:<kind>]``, ``store.redaction``) begins
+REDACTED_PREFIX = "[REDACTED:"
 MAX_NAME_CHARS = 256
 MAX_TEXT_CHARS = 32_768
 MAX_MESSAGES = 128
@@ -295,8 +297,11 @@ def deterministic_id(episode: Episode) -> str:
     maps to one id, so a retried batch makes no duplicate.
 
     Without a turn, the sender's timestamp is part of it too: the same question asked twice in a
-    session (or answered by two model versions) is two episodes, not a duplicate. A timestamp the
-    sender did not give (stamped at parsing) is not, or a resent batch would get new ids."""
+    session (or answered by two model versions) is two episodes, not a duplicate. So is it when
+    redaction replaced part of the session id (it held an email, say): the sessions of two users
+    then look alike, and one user's turn 0 is not another's. A timestamp the sender did not give
+    (stamped at parsing) is not, or a resent batch would get new ids. The id is a hash of what the
+    store keeps either way, so it can be checked from the stored episode."""
     content = {
         "agentId": episode.agent_id,
         "sessionId": episode.session_id,
@@ -307,7 +312,8 @@ def deterministic_id(episode: Episode) -> str:
         "messages": [m.model_dump(mode="json", by_alias=True) for m in episode.messages or []],
         "result": episode.result,
     }
-    if episode.turn is None and episode._timestamp_given:
+    session_redacted = episode.session_id is not None and REDACTED_PREFIX in episode.session_id
+    if (episode.turn is None or session_redacted) and episode._timestamp_given:
         content["timestamp"] = episode.timestamp.isoformat()
     try:
         # orjson: the collector derives an id for every episode a capture client sends (clients send

@@ -651,7 +651,13 @@ def ids_from_stored_content(parsed: ParsedBatch, redactor: redaction.Redactor) -
     resent batch maps to the same ids."""
     for index, item in enumerate(parsed.items):
         if isinstance(item, ep.Episode) and item.id_derived:
-            clean = redactor.mark_redacted(item)  # so the store does not scan it a second time
+            try:
+                clean = redactor.mark_redacted(item)  # so the store does not scan it a second time
+            except ValueError as exc:
+                # A field grown past its limit by redaction: this episode alone is refused, as the
+                # store would refuse it; the rest of the batch is written.
+                parsed.items[index] = (None, f"refused by the store: {exc}", "store_refused")
+                continue
             if clean.redactions != item.redactions:
                 clean.id = ep.deterministic_id(clean)
             parsed.items[index] = clean

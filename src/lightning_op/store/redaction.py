@@ -62,7 +62,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from lightning_op.api import episode as ep
 
-PLACEHOLDER = "[REDACTED:{kind}]"
+PLACEHOLDER = ep.REDACTED_PREFIX + "{kind}]"
 CUSTOM_KIND = "custom"
 #: Every builtin detector, in the order they run (specific shapes before general ones).
 BUILTINS: tuple[str, ...] = ("bearer", "api_key", "email", "credit_card", "ipv6", "ipv4", "phone")
@@ -420,7 +420,7 @@ def _assignment_spans(text: str) -> list[tuple[int, int]]:
             name = _assigned_name(text, lower, pos)
             if name is not None:
                 value = _VALUE_AFTER.match(text, pos + 1)
-                if value is not None and not value.group(1).startswith("[REDACTED:"):
+                if value is not None and not value.group(1).startswith(ep.REDACTED_PREFIX):
                     if name in _PASSWORD_NAMES or _text_value_is_secret(value.group(1)):
                         spans.append(value.span(1))
             pos = lower.find(sep_char, pos + 1)
@@ -702,7 +702,7 @@ class _Pass:
 
     def _secret_value(self, key: str, value: str) -> str:
         kind = _secret_key(key)
-        if kind is None or value.startswith("[REDACTED:"):
+        if kind is None or value.startswith(ep.REDACTED_PREFIX):
             return value
         if kind == "secret" and (
             len(value) < _MIN_VALUE_SECRET_CHARS
