@@ -382,6 +382,34 @@ def test_add_label_bumps_revision_and_recomputes_reward(db: sqlite.SQLiteStore) 
     assert db.count("bot", labeled=True) == 1
 
 
+def test_an_episode_sent_with_labels_is_stored_with_the_reward_they_give(db: sqlite.SQLiteStore) -> None:
+    """Labels that come with an episode (a reviewed export, a replay from another store) count at
+    insert as on every later label: a manual label wins over the client's reward, a scored label
+    makes the episode labeled, and ``labeled`` without any reward does not hide it from labeling."""
+    manual = ep.Label(score=0.9, grader="human", manual=True)
+    rows = {
+        "manual label, no reward": make_episode(1).model_copy(update={"labels": [manual]}),
+        "manual label beats reward": make_episode(2, reward=0.1).model_copy(update={"labels": [manual]}),
+        "labeled, no reward": make_episode(3).model_copy(update={"labeled": True}),
+        "failed grading, reward": make_episode(4, reward=0.7).model_copy(
+            update={"labels": [ep.Label(grader="judge", error="timeout")]}
+        ),
+    }
+    db.insert_many(list(rows.values()))
+    stored = {name: db.get(episode.id) for name, episode in rows.items()}
+    got = {name: (e.reward, e.labeled) for name, e in stored.items() if e is not None}
+    assert got == {
+        "manual label, no reward": (0.9, True),
+        "manual label beats reward": (0.9, True),
+        "labeled, no reward": (None, False),
+        "failed grading, reward": (0.7, True),
+    }
+    unlabeled = db.query(base.EpisodeQuery(agent_id="bot", labeled=False)).items
+    assert [e.id for e in unlabeled] == [rows["labeled, no reward"].id]
+    high = db.query(base.EpisodeQuery(agent_id="bot", min_reward=0.8)).items
+    assert {e.id for e in high} == {rows["manual label, no reward"].id, rows["manual label beats reward"].id}
+
+
 def test_stale_revision_is_a_conflict_and_writes_nothing(db: sqlite.SQLiteStore) -> None:
     one = make_episode(1)
     db.insert_many([one])

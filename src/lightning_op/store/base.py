@@ -180,3 +180,11 @@ def effective_reward(labels: Sequence[ep.Label]) -> float | None:
     manual = [label for label in scored if label.manual]
     chosen = (manual or scored)[-1:]
     return chosen[0].score if chosen else None
+
+
+def insert_reward(episode: ep.Episode) -> float | None:
+    """The reward an episode is stored with when first written: what its labels give (a manual
+    label wins, as on every later label), else the reward the client sent. An episode is labeled
+    exactly when this is not None, whatever the client's ``labeled`` said."""
+    reward = effective_reward(episode.labels)
+    return episode.reward if reward is None else reward

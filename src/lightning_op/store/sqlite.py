@@ -673,7 +673,10 @@ class SQLiteStore:
         redacted = self._redactor.redacted_episode
         for episode in episodes:
             clean = redacted(episode)
-            labeled = clean.labeled or clean.reward is not None
+            reward = base.insert_reward(clean)
+            if reward != clean.reward:
+                clean = clean.model_copy(update={"reward": reward})
+            labeled = reward is not None
             doc = _new_episode_doc(clean, labeled)
             _check_size(clean.id, doc)
             rows.append(
