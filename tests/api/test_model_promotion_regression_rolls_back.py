@@ -1,12 +1,15 @@
 """A promotion that regresses on live traffic is rolled back, and the Deployment's env is restored exactly.
 
-Covers, with two agents on two Deployments: the target container already has both model variables
+Covers, with four agents on four Deployments: the target container already has both model variables
 (``USE_TUNED_MODEL=false`` as a plain value, ``TUNED_MODEL_NAME`` from a ConfigMap through
 ``valueFrom``) between other env; the promotion replaces them in place; during the verification
 window the promoted model's live episodes show a reward drop (one agent) or an error-rate rise (the
 other) beyond the spec's limits; a third agent takes its ``MODEL_NAME`` from a ConfigMap too (no
 previous model the operator can read: it compares with the version its live traffic showed before)
-and its new model's episodes fail before anyone labeled them. The operator restores both entries
+and its new model's episodes fail before anyone labeled them; a fourth already serves an earlier
+tuned model (``USE_TUNED_MODEL=1``, which the capture client reads as on, as it does yes and on),
+so its live traffic before was recorded as that model and the comparison must use it. The operator
+restores both entries
 exactly as they were
 (``valueFrom`` included, same positions: the whole container list equals the one before the
 promotion, the sidecar untouched), ends in phase RolledBack with a RolledBack condition naming the
@@ -27,7 +30,11 @@ CASES = {
     "reward-drop": (0.3, 0, "average reward fell"),
     "error-rise": (0.8, 4, "error rate rose"),
     "model-from-configmap": (None, 5, "error rate rose"),
+    "tuned-already": (0.3, 0, "average reward fell"),
 }
+# agent: the model version its live traffic was recorded as before the promotion (None: not readable
+# from the Deployment, a ConfigMap holds it)
+SERVED_BEFORE = {"model-from-configmap": None, "tuned-already": "v1"}
 
 
 def deployment_with_model_env(objects, name: str):
@@ -38,6 +45,9 @@ def deployment_with_model_env(objects, name: str):
             "name": "MODEL_NAME",
             "valueFrom": {"configMapKeyRef": {"name": "agent-models", "key": "base"}},
         }
+    if name == "tuned-already":
+        env[1:1] = [{"name": "USE_TUNED_MODEL", "value": "1"}, {"name": "TUNED_MODEL_NAME", "value": "v1"}]
+        return body
     env.insert(1, {"name": "USE_TUNED_MODEL", "value": "false"})
     env.insert(
         2,
@@ -55,9 +65,8 @@ async def test_regressions_roll_back_to_the_exact_previous_env(api, operator, ob
     for agent in CASES:
         deployment = await api.create(deployment_with_model_env(objects, agent))
         containers_before[agent] = copy.deepcopy(deployment["spec"]["template"]["spec"]["containers"])
-        store.insert_many(
-            objects.live_episodes(agent, "qwen-base", 10, 0.8, at=earlier, prefix=f"{agent}-old")
-        )
+        served = SERVED_BEFORE.get(agent, "qwen-base") or "qwen-base"
+        store.insert_many(objects.live_episodes(agent, served, 10, 0.8, at=earlier, prefix=f"{agent}-old"))
         body = objects.example("ModelPromotion", agent)
         body["spec"].update(
             agentId=agent, targetRef={"name": agent, "container": "agent"}, model={"name": "v2"}
@@ -70,8 +79,7 @@ async def test_regressions_roll_back_to_the_exact_previous_env(api, operator, ob
             await rollouts.enter_async_context(kubelet.rolling_out(agent))
         for agent, (reward, errors, _) in CASES.items():
             obj = await api.wait_for_phase("ModelPromotion", agent, "Verifying")
-            known = None if agent == "model-from-configmap" else "qwen-base"
-            assert obj["status"].get("previousModel") == known
+            assert obj["status"].get("previousModel") == SERVED_BEFORE.get(agent, "qwen-base")
             env = objects.container_env(await api.get("Deployment", agent))
             assert env[1:3] == [
                 {"name": "USE_TUNED_MODEL", "value": "true"},
@@ -93,13 +101,15 @@ async def test_regressions_roll_back_to_the_exact_previous_env(api, operator, ob
         assert f"restored TUNED_MODEL_NAME, USE_TUNED_MODEL on Deployment {agent}" in rolled_back["message"]
         assert status["comparison"]["after"]["episodes"] == 8
         assert status["comparison"]["before"]["avgReward"] == 0.8
-        assert status["comparison"]["before"]["model"] == "qwen-base"
+        assert status["comparison"]["before"]["model"] == (
+            SERVED_BEFORE.get(agent, "qwen-base") or "qwen-base"
+        )
         events = await api.events(agent)
         assert (events[-1]["type"], events[-1]["reason"]) == ("Warning", "Regression")
         assert events[-1]["message"].startswith("Verifying -> RolledBack: restored")
     metrics = await operator.metrics()
-    assert 'lightning_op_rollbacks_total{namespace="test",reason="Regression"} 3.0' in metrics
-    assert 'lightning_op_promotions_total{namespace="test",outcome="rolled_back"} 3.0' in metrics
+    assert 'lightning_op_rollbacks_total{namespace="test",reason="Regression"} 4.0' in metrics
+    assert 'lightning_op_promotions_total{namespace="test",outcome="rolled_back"} 4.0' in metrics
 
     await asyncio.sleep(0.3)
     mark = api.mark()

@@ -26,6 +26,8 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic.alias_generators import to_camel
 
+from lightning_op.api import constants
+
 MAX_ID_CHARS = 256
 #: how every redaction placeholder (``[REDACTED:<kind>]``, ``store.redaction``) begins
 REDACTED_PREFIX = "[REDACTED:"
@@ -342,3 +344,33 @@ def validation_reason(exc: Exception) -> str:
             parts.append(f"{loc}: {err.get('msg', 'invalid')}")
         return "; ".join(parts)
     return str(exc)
+
+
+#: the values of an env flag (``USE_TUNED_MODEL``, ``ENABLE_EPISODE_CAPTURE``) that mean "on"
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+
+
+def model_version_from_env(
+    env: Mapping[str, str | None],
+    *,
+    use_tuned_model: str = constants.ENV_USE_TUNED_MODEL,
+    tuned_model_name: str = constants.ENV_TUNED_MODEL_NAME,
+) -> str | None:
+    """The model version an agent with this env serves, as its episodes record it: the tuned model's
+    name when ``use_tuned_model`` is on (1, true, yes or on) and that name is set, else
+    ``MODEL_NAME``; None when neither says. The capture client reads it from the process env; a
+    promotion reads it from the container's env before switching, where a value of None stands for
+    a variable set from a ConfigMap or Secret: a version that depends on one is not known (None)."""
+    flag = env.get(use_tuned_model, "")
+    if flag is None:
+        return None
+    if flag.strip().lower() in TRUE_VALUES:
+        tuned = env.get(tuned_model_name, "")
+        if tuned is None:
+            return None
+        if tuned.strip():
+            return tuned.strip()
+    base = env.get(constants.ENV_MODEL_NAME, "")
+    if base is None:
+        return None
+    return base.strip() or None

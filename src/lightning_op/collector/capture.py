@@ -77,20 +77,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 EPISODES_PATH = "/v1/episodes"
-_TRUE = frozenset({"1", "true", "yes", "on"})
 _MAX_RETRY_AFTER_S = 120.0
 _MAX_ERROR_CHARS = 4096
 _SKIP_PARAMS = frozenset({"self", "cls"})
 
 Sampling = Literal["session", "episode"]
-
-
-def _model_version_from_env(environ: Mapping[str, str]) -> str | None:
-    if environ.get(constants.ENV_USE_TUNED_MODEL, "").strip().lower() in _TRUE:
-        tuned = environ.get(constants.ENV_TUNED_MODEL_NAME, "").strip()
-        if tuned:
-            return tuned
-    return environ.get(constants.ENV_MODEL_NAME, "").strip() or None
 
 
 def redactor_from_env(environ: Mapping[str, str]) -> redaction.Redactor | None:
@@ -275,7 +266,7 @@ class EpisodeRecorder:
         self.sampling_rate = sampling_rate
         self.sampling: Sampling = sampling
         self.model_version = (
-            model_version if model_version is not None else _model_version_from_env(os.environ)
+            model_version if model_version is not None else ep.model_version_from_env(os.environ)
         )
         self.redactor = redactor
         self.batch_size = batch_size
@@ -322,7 +313,7 @@ class EpisodeRecorder:
         is logged and ignored (the agent keeps running), except the redaction settings: those that
         cannot be used turn capture off, with an error logged, unless ``redactor`` is given."""
         env = os.environ if environ is None else environ
-        enabled = env.get(constants.ENV_ENABLE_CAPTURE, "").strip().lower() in _TRUE
+        enabled = env.get(constants.ENV_ENABLE_CAPTURE, "").strip().lower() in ep.TRUE_VALUES
         url = env.get(constants.ENV_COLLECTOR_URL, "").strip() or None
         agent_id = env.get(constants.ENV_AGENT_ID, "").strip() or None
         rate = 1.0
@@ -364,7 +355,7 @@ class EpisodeRecorder:
             "enabled": enabled,
             "sampling_rate": rate,
             "token": env.get(constants.ENV_COLLECTOR_TOKEN, "").strip() or None,
-            "model_version": _model_version_from_env(env),
+            "model_version": ep.model_version_from_env(env),
             "redactor": redactor,
         }
         kwargs.update(overrides)

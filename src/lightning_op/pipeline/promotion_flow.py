@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from lightning_op.api import constants, finetune, promotion
+from lightning_op.api import episode as ep
+from lightning_op.api import finetune, promotion
 from lightning_op.api.conditions import Reason
 from lightning_op.pipeline import promotion as promotion_pipeline
 
@@ -98,13 +99,16 @@ def _gate_problems(gate: promotion.PromotionGate, status: finetune.FineTuneJobSt
 
 
 def previous_model(env: Sequence[Mapping[str, Any]], names: promotion.EnvNames) -> str | None:
-    """The model version the container served before: its tuned model when ``useTunedModel`` was
-    ``"true"``, else ``MODEL_NAME``; None when that is not a plain value."""
-    values = {str(e.get("name")): e.get("value") for e in env}
-    if str(values.get(names.use_tuned_model) or "").lower() == "true" and values.get(names.model_name):
-        return str(values[names.model_name])
-    base = values.get(constants.ENV_MODEL_NAME)
-    return str(base) if base else None
+    """The model version the container served before, by the capture client's rule (so the
+    verification finds the episodes it recorded): its tuned model when ``useTunedModel`` was on,
+    else ``MODEL_NAME``; None when that version comes from a ConfigMap or Secret (``valueFrom``)."""
+    values: dict[str, str | None] = {}
+    for entry in env:  # a later entry of the same name wins, as in the pod
+        value = entry.get("value")
+        values[str(entry.get("name"))] = None if value is None and "valueFrom" in entry else str(value or "")
+    return ep.model_version_from_env(
+        values, use_tuned_model=names.use_tuned_model, tuned_model_name=names.model_name
+    )
 
 
 @dataclass(frozen=True)
