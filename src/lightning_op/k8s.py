@@ -67,6 +67,11 @@ def _reason(exc: ApiException) -> str:
 #: a timeout is ``Unavailable`` and retried
 REQUEST_TIMEOUT = (10.0, 60.0)
 
+#: every PATCH says its type: a list of operations, or an object merged in (the client would send
+#: a dict to a built-in resource as a strategic merge patch, which custom resources refuse)
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+
 #: what the API server's ResourceQuota admission says in its 403 (``jobs.batch "x" is forbidden:
 #: exceeded quota: NAME, requested: ..., used: ..., limited: ...``), the one 403 that goes away by
 #: itself; Argo Workflows tells it from RBAC's 403 the same way
@@ -165,6 +170,7 @@ class Cluster:
                     namespace,
                     ops,
                     field_manager=constants.FIELD_MANAGER,
+                    _content_type=JSON_PATCH,
                     **self._raw,
                 ),
             )
@@ -224,6 +230,8 @@ class Cluster:
                     namespace,
                     patch,
                     field_manager=constants.FIELD_MANAGER,
+                    # said, not left to the client (which sends a dict as a strategic merge patch)
+                    _content_type=MERGE_PATCH,
                     **self._raw,
                 ),
             )
@@ -326,6 +334,7 @@ class Cluster:
                     name,
                     {"status": status},
                     field_manager=constants.FIELD_MANAGER,
+                    _content_type=MERGE_PATCH,
                     **self._raw,
                 ),
             )

@@ -81,3 +81,29 @@ async def test_an_api_server_that_never_answers_is_unavailable_after_the_timeout
             await asyncio.to_thread(cluster.get_deployment, NAMESPACE, "agent")
         assert time.monotonic() - started < 5
     assert k8s.Cluster(client).timeout == k8s.REQUEST_TIMEOUT
+
+
+async def test_patches_say_their_type_and_the_emulator_refuses_one_that_does_not_fit(api: Any) -> None:
+    """The API server reads a PATCH by its Content-Type: a dict sent as a JSON patch is a 400, a
+    strategic merge patch of a custom resource a 415. The emulator refuses both, so a call that
+    leaves the type to the client fails here as it would against a cluster; ``Cluster.patch_job``
+    (the FineTuneJob's suspend) names its type and goes through."""
+    cluster = k8s.Cluster(k8s.load_api_client(api.url))
+    await asyncio.to_thread(cluster.create_or_adopt_job, NAMESPACE, _job("ftj-r1"))
+
+    patched = await asyncio.to_thread(cluster.patch_job, NAMESPACE, "ftj-r1", {"spec": {"suspend": True}})
+    assert patched["spec"]["suspend"] is True
+
+    url = f"{api.url}/apis/batch/v1/namespaces/{NAMESPACE}/jobs/ftj-r1"
+    wrong = {"Content-Type": "application/json-patch+json"}
+    async with api.session.patch(url, json={"spec": {"suspend": False}}, headers=wrong) as response:
+        assert response.status == 400
+        assert "JSON array of operations" in await response.text()
+    await api.create({"kind": "FineTuneJob", "metadata": {"name": "x"}, "spec": {}}, validate=False)
+    ftj_url = f"{api.url}/apis/lightning-op.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs/x"
+    smp = {"Content-Type": "application/strategic-merge-patch+json"}
+    async with api.session.patch(ftj_url, json={"spec": {}}, headers=smp) as response:
+        assert response.status == 415
+    # the refused patch changed nothing
+    job = await api.get("Job", "ftj-r1")
+    assert job is not None and job["spec"]["suspend"] is True
