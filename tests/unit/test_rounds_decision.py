@@ -62,6 +62,17 @@ def test_stops_at_threshold_max_rounds_or_failure(
     assert decision.stop_reason == stop
 
 
+def test_a_mean_of_scores_equal_to_the_threshold_meets_it() -> None:
+    """A judge that gives each of 3 examples 0.7 scores 0.7: the float mean (0.6999999999999998)
+    meets a threshold of 0.7, in the decision and in the job's result."""
+    score = sum([0.7] * 3) / 3
+    decision = rounds.next_round_decision(
+        [done(1, score)], threshold=0.7, max_rounds=3, lr=1e-3, lr_decay=0.6
+    )
+    assert decision.stop_reason is rounds.StopReason.THRESHOLD_MET
+    assert not rounds.meets_threshold(0.69, 0.7)
+
+
 def test_next_round_decays_the_learning_rate_and_continues_from_the_last_adapter() -> None:
     history = [done(1, 0.4), done(2, 0.6)]
     decision = rounds.next_round_decision(history, threshold=0.75, max_rounds=5, lr=1e-3, lr_decay=0.5)

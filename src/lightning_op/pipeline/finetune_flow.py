@@ -909,15 +909,19 @@ def evaluation_result(score: float, threshold: float, seen: RoundObservation) ->
     improvements = regressions = examples = None
     if seen.examples is not None and seen.baseline_examples is not None:
         common = sorted(set(seen.examples) & set(seen.baseline_examples))
-        improvements = sum(1 for i in common if seen.examples[i] > seen.baseline_examples[i] + 1e-9)
-        regressions = sum(1 for i in common if seen.examples[i] < seen.baseline_examples[i] - 1e-9)
+        improvements = sum(
+            1 for i in common if seen.examples[i] > seen.baseline_examples[i] + rounds_mod.METRIC_TOLERANCE
+        )
+        regressions = sum(
+            1 for i in common if seen.examples[i] < seen.baseline_examples[i] - rounds_mod.METRIC_TOLERANCE
+        )
         examples = len(seen.examples)
     return ft.EvaluationResult(
         score=score,
         improvements=improvements,
         regressions=regressions,
         examples=examples,
-        passed=score >= threshold,
+        passed=rounds_mod.meets_threshold(score, threshold),
     )
 
 

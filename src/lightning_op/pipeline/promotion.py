@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lightning_op.store import base as store_base
+from lightning_op.training import rounds
 
 RECORD_KIND = "promotion"
 TRAINING_RECORD_KIND = "training-job"
@@ -250,6 +251,11 @@ class Verdict:
         return {"status": self.status.value, "message": self.message, "reasons": list(self.reasons)}
 
 
+#: scores and rates are sums of floats: a difference this small is no difference, so a limit of 0.1
+#: holds for 0.9 -> 0.8 (which floats make 0.1000000000000002)
+SCORE_TOLERANCE = rounds.METRIC_TOLERANCE
+
+
 def verification_verdict(
     comparison: Comparison,
     max_reward_drop: float,
@@ -267,13 +273,17 @@ def verification_verdict(
     before, after = comparison.before, comparison.after
     reasons: list[str] = []
     delta = comparison.reward_delta
-    if after.labeled >= min_episodes and delta is not None and -delta > max_reward_drop:
+    if after.labeled >= min_episodes and delta is not None and -delta > max_reward_drop + SCORE_TOLERANCE:
         reasons.append(
             f"average reward fell {-delta:.3f} ({before.avg_reward:.3f} -> {after.avg_reward:.3f}), "
             f"more than the allowed {max_reward_drop:.3f}"
         )
     error_delta = comparison.error_rate_delta
-    if after.episodes >= min_episodes and error_delta is not None and error_delta > max_error_rate_increase:
+    if (
+        after.episodes >= min_episodes
+        and error_delta is not None
+        and error_delta > max_error_rate_increase + SCORE_TOLERANCE
+    ):
         reasons.append(
             f"error rate rose {error_delta:.3f} ({before.error_rate:.3f} -> "
             f"{after.error_rate:.3f}), more than the allowed {max_error_rate_increase:.3f}"

@@ -83,14 +83,14 @@ def _gate_problems(gate: promotion.PromotionGate, status: finetune.FineTuneJobSt
         return ["status.result.score or status.baseline.score is missing: cannot check spec.gate"]
     problems = []
     improvement = result.score - baseline.score
-    if improvement < gate.min_improvement:
+    if improvement < gate.min_improvement - promotion_pipeline.SCORE_TOLERANCE:
         problems.append(
             f"score improved {improvement:+.3f} ({baseline.score:.3f} -> {result.score:.3f}), "
             f"less than spec.gate.minImprovement {gate.min_improvement:+.3f}"
         )
     if gate.max_regression is not None and result.examples:
         fraction = (result.regressions or 0) / result.examples
-        if fraction > gate.max_regression:
+        if fraction > gate.max_regression + promotion_pipeline.SCORE_TOLERANCE:
             problems.append(
                 f"{result.regressions} of {result.examples} examples regressed ({fraction:.3f}), more than "
                 f"spec.gate.maxRegression {gate.max_regression:.3f}"

@@ -36,6 +36,12 @@ NEUTRAL_METRICS = frozenset({"examples"})
 METRIC_TOLERANCE = 1e-9
 
 
+def meets_threshold(score: float, threshold: float) -> bool:
+    """A score meets the threshold it equals up to float noise (a mean of partial credits, or a
+    threshold normalized from the grader's range, can land a hair below the figure the user wrote)."""
+    return score >= threshold - METRIC_TOLERANCE
+
+
 class StopReason(enum.StrEnum):
     THRESHOLD_MET = "ThresholdMet"
     MAX_ROUNDS = "MaxRounds"
@@ -232,7 +238,7 @@ def next_round_decision(
             stop_reason=StopReason.ROUND_FAILED,
         )
     score = last.score or 0.0
-    if score >= threshold:
+    if meets_threshold(score, threshold):
         return Decision(
             train=False,
             best_round=best_number,
@@ -312,7 +318,7 @@ class RoundsState:
         if not self.phase.finished:
             return None
         best = self.best
-        met = bool(best and best.score is not None and best.score >= self.policy.threshold)
+        met = bool(best and best.score is not None and meets_threshold(best.score, self.policy.threshold))
         out: dict[str, Any] = {
             "bestRound": best.round if best else None,
             "score": best.score if best else None,
