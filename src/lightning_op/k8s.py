@@ -41,6 +41,11 @@ class Conflict(K8sError):
     pass
 
 
+class PatchTestFailed(Conflict):
+    """A JSON patch's ``test`` op failed (422 "testing value PATH failed"): the object changed since
+    it was read. Read it again and rebuild the patch; it is not a refusal of what we meant to write."""
+
+
 class Invalid(K8sError):
     """The API server refused what we sent (422/400/403): retrying the same request will not help."""
 
@@ -76,6 +81,9 @@ MERGE_PATCH = "application/merge-patch+json"
 #: exceeded quota: NAME, requested: ..., used: ..., limited: ...``), the one 403 that goes away by
 #: itself; Argo Workflows tells it from RBAC's 403 the same way
 _QUOTA_EXCEEDED = "exceeded quota"
+#: how the API server (evanphx/json-patch) words a failed JSON-patch ``test``: "testing value
+#: /metadata/resourceVersion failed: test failed"
+_TEST_FAILED = "testing value"
 
 
 def _call(what: str, func: Callable[[], T]) -> T:
@@ -87,6 +95,8 @@ def _call(what: str, func: Callable[[], T]) -> T:
             raise NotFound(message, exc.status) from exc
         if exc.status == 409:
             raise Conflict(message, exc.status) from exc
+        if exc.status == 422 and _TEST_FAILED in message.lower():
+            raise PatchTestFailed(message, exc.status) from exc
         if exc.status == 403 and _QUOTA_EXCEEDED in message:
             raise QuotaExceeded(message, exc.status) from exc
         if exc.status in (400, 403, 422):

@@ -117,6 +117,16 @@ def _check_patch_type(headers: Mapping[str, str], patch: Any, resource: referenc
         )
 
 
+def _failed_test_path(doc: Any, patch: list[Any]) -> str:
+    """The path of the first ``test`` op of ``patch`` that fails on ``doc``."""
+    for op in patch:
+        try:
+            doc = jsonpatch.apply_patch(doc, [op], in_place=False)
+        except jsonpatch.JsonPatchTestFailed:
+            return str(op.get("path"))
+    return ""
+
+
 def _now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -197,6 +207,10 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
     forbidden: set[tuple[str, str, str | None]] = attrs.field(factory=set, init=False)
     #: creates refused with 403 as a full ResourceQuota refuses them: plural -> the quota's name
     quota_full: dict[str, str] = attrs.field(factory=dict, init=False)
+    #: JSON patches of (plural, name) that another writer beats, as the deployment controller's
+    #: status updates do in a rollout: before each, the object gets a new resourceVersion (and
+    #: a MODIFIED event), so a patch that tests the version it read fails; counts down to 0
+    contended: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter, init=False)
 
     # ---------------------------------------------------------------- writes
 
@@ -274,6 +288,13 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
         # UPDATE: a list body is a JSON patch, a dict body a merge patch, as the Content-Type says.
         patch = request.data
         _check_patch_type(request.headers, patch, resource)
+        contended = (str(resource.plural), request.name or "")
+        if isinstance(patch, list) and self.contended[contended] > 0:
+            self.contended[contended] -= 1
+            old["metadata"]["resourceVersion"] = self._next_rv()
+            obj.create(old)
+            await self._emit(resource, "MODIFIED", old)
+            old = copy.deepcopy(old)
         try:
             if isinstance(patch, list):
                 new = jsonpatch.apply_patch(copy.deepcopy(old), patch, in_place=False)
@@ -281,6 +302,10 @@ class ApiServerEmulator(k8s.KubernetesEmulator):
                 new = dict(dicts.merge_patch_dict(copy.deepcopy(old), patch))
             else:
                 raise UnprocessableError(message=f"unsupported patch body: {type(patch).__name__}")
+        except jsonpatch.JsonPatchTestFailed as exc:
+            # the API server's words (evanphx/json-patch), which clients recognise a stale read by
+            path = _failed_test_path(old, patch)
+            raise UnprocessableError(message=f"testing value {path} failed: test failed ({exc})") from exc
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, ValueError, TypeError) as exc:
             raise UnprocessableError(message=f"the patch could not be applied: {exc}") from exc
 

@@ -664,7 +664,9 @@ def patch_workload_env(
     build_ops: Callable[[Mapping[str, Any]], list[dict[str, Any]]],
 ) -> tuple[dict[str, Any], bool]:
     """Read the Deployment, build JSON-patch ops from it, send them; re-read and retry when a ``test``
-    op fails (someone edited the env in between). Returns (deployment after, whether it was patched).
+    op fails (someone wrote the Deployment in between). Returns (deployment after, whether it was
+    patched). A ``test`` failing on every try is ``k8s.Unavailable`` (retried on a later tick, never
+    a permanent failure); any other refusal (an admission webhook's) is ``k8s.Invalid`` at once.
 
     Raises ``TargetMissing`` for a missing Deployment or container (``build_ops`` raising
     ``workload_env.ContainerNotFoundError``)."""
@@ -680,9 +682,14 @@ def patch_workload_env(
             return deployment, False
         try:
             return cluster.json_patch_deployment(namespace, name, ops), True
-        except k8s.Invalid:
+        except k8s.PatchTestFailed as exc:
             if attempt == ENV_PATCH_ATTEMPTS:
-                raise
+                # a busy Deployment (its status is written on every pod change of a rollout): try
+                # again on a later tick rather than give up on what must be written (a rollback)
+                raise k8s.Unavailable(
+                    f"Deployment {namespace}/{name} changed between reading and patching it "
+                    f"{ENV_PATCH_ATTEMPTS} times in a row; trying again later ({exc})"
+                ) from exc
             log.info("Deployment %s/%s changed while we patched its env; retrying", namespace, name)
         except k8s.NotFound as exc:
             raise TargetMissing(f"Deployment {namespace}/{name} not found") from exc

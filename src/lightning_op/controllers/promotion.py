@@ -9,6 +9,8 @@ stopped and never repeats a step that changed the Deployment:
     Promoting --rollout complete--> Verifying (verificationDeadline) --window passed--> Promoted
     Promoting --rollout failed--> / Verifying --regression--> RolledBack condition Unknown (decided)
     RolledBack condition Unknown --> previousEnv restored exactly --> RolledBack
+                                 --> restore refused (403/422) --> Failed, RolledBack False naming
+                                     the env to restore by hand (a busy Deployment is retried)
 
 Each arrow that touches the Deployment is preceded by a status write that records the decision,
 and each Deployment patch is idempotent (``manifests.workload_env`` returns no ops when the env is
@@ -30,6 +32,7 @@ from typing import Any
 
 import kopf
 
+from lightning_op import k8s
 from lightning_op.api import constants, kinds, promotion
 from lightning_op.api.common import SpecError
 from lightning_op.api.conditions import Condition, ConditionStatus, ConditionType, Reason, get_condition
@@ -298,6 +301,19 @@ def _fail_or_roll_back(step: Step, reason: str, message: str, fields: Mapping[st
     step.set_phase(step.phase, reason, _ROLLING_BACK + message, [pending], fields)
 
 
+def _described(entries: Mapping[str, Mapping[str, Any] | None]) -> str:
+    """The env a rollback restores, for a person: ``A='x', B (absent), C (valueFrom)``."""
+    parts = []
+    for name, entry in sorted(entries.items()):
+        if entry is None:
+            parts.append(f"{name} (absent)")
+        elif "value" in entry:
+            parts.append(f"{name}={entry['value']!r}")
+        else:
+            parts.append(f"{name} (valueFrom, as before)")
+    return ", ".join(parts)
+
+
 async def _roll_back(step: Step, decided: Condition) -> None:
     entries = promotion.snapshot_from_previous_env(step.status.previous_env)
     snapshot = workload_env.EnvSnapshot(entries)
@@ -306,6 +322,16 @@ async def _roll_back(step: Step, decided: Condition) -> None:
         await step.patch_env(lambda d: workload_env.restore_patch(d, container, snapshot))
     except common.TargetMissing as exc:
         step.finish(Phase.FAILED, exc.reason, f"cannot roll back: {exc}")
+        return
+    except k8s.Invalid as exc:
+        # refused for good (an admission webhook, RBAC): say what a person must restore by hand
+        message = (
+            f"cannot roll back: the API server refused restoring the env of {step.target} ({exc}); "
+            f"the promoted model still serves: restore {_described(entries)} on container "
+            f"{container or '(the first)'} by hand"
+        )
+        refused = step.condition(ConditionType.ROLLED_BACK, False, "ApiRejected", message)
+        step.finish(Phase.FAILED, "ApiRejected", message, [refused])
         return
     why = decided.message.removeprefix(_ROLLING_BACK)
     message = f"restored {', '.join(sorted(entries))} on {step.target}: {why}"
