@@ -168,6 +168,22 @@ def test_an_unknown_previous_model_is_the_version_seen_last_before_the_promoted_
     assert named.before.model_version == "v1"
 
 
+def test_the_promoted_version_counts_only_from_the_promotion(store: store_base.EpisodeStore) -> None:
+    """The same model promoted again after a rollback: its bad episodes of the first time are not
+    this promotion's verdict; the previous model's episodes before the promotion still count."""
+    add(store, "base", [0.8] * 5)
+    add(store, "tuned", [0.0] * 5, start=10)  # the first promotion, rolled back
+    add(store, "base", [0.8] * 5, start=20)
+    add(store, "tuned", [0.9] * 3, start=30)  # promoted again at T0 + 30 min
+    comparison = promotion.verification_comparison(
+        store, "agent-a", "base", "tuned", T0, promoted_since=T0 + timedelta(minutes=30)
+    )
+    assert (comparison.after.episodes, comparison.after.avg_reward) == (3, 0.9)
+    assert comparison.before.episodes == 10
+    everything = promotion.verification_comparison(store, "agent-a", "base", "tuned", T0)
+    assert everything.after.episodes == 8
+
+
 def test_an_error_rate_rise_fails_before_any_episode_is_labeled() -> None:
     unlabeled = [{"modelVersion": "base", "error": None} for _ in range(10)]
     broken = [{"modelVersion": "tuned", "error": "tool failed" if i < 8 else None} for i in range(10)]

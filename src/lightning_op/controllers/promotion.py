@@ -259,6 +259,7 @@ async def _verifying(step: Step) -> None:
         status.previous_model,
         str(status.promoted_model),
         since,
+        status.promotion_time,
     )
     verdict = promotion_pipeline.verification_verdict(
         comparison, spec.max_reward_drop, spec.max_error_rate_increase, spec.min_episodes

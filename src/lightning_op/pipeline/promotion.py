@@ -200,18 +200,33 @@ def verification_comparison(
     previous: str | None,
     promoted: str,
     since: datetime,
+    promoted_since: datetime | None = None,
 ) -> Comparison:
-    """A promotion's live check: ``promoted`` against ``previous``, episodes since ``since``.
+    """A promotion's live check: ``promoted`` against ``previous``, episodes since ``since``; of
+    ``promoted``, only those since ``promoted_since`` (the promotion: its episodes from an earlier
+    promotion of the same model, rolled back since, say nothing about this one).
 
     ``previous`` is None when the container's model name was not a plain env value (a ConfigMap or
     Secret reference, which the operator does not read): the capture client records the resolved
     name, so the version compared with is the one other than ``promoted`` seen last in the window,
     the model that served just before the promotion."""
-    stats = version_stats(store, agent_id, since)
+    episodes: Iterable[Mapping[str, Any]] = store.iter_json(
+        store_base.EpisodeQuery(agent_id=agent_id, since=since)
+    )
+    if promoted_since is not None:
+        episodes = (e for e in episodes if not _promoted_before(e, promoted, promoted_since))
+    stats = summarise_versions(episodes)
     if previous is None:
         others = _by_last_seen(stats, besides=promoted)
         previous = others[-1].model_version if others else UNKNOWN_VERSION
     return _comparison(agent_id, stats, previous, promoted, since)
+
+
+def _promoted_before(episode: Mapping[str, Any], promoted: str, promoted_since: datetime) -> bool:
+    if str(episode.get("modelVersion") or "") != promoted:
+        return False
+    when = _parse_time(episode.get("timestamp"))
+    return when is not None and when < promoted_since
 
 
 def _by_last_seen(stats: Mapping[str, VersionStats], besides: str | None = None) -> list[VersionStats]:
