@@ -4,7 +4,8 @@ Covers: created suspended, it starts no Job and says why (phase Suspended, condi
 unsuspended, it runs; suspended mid-round, the round's Job is suspended (``Job.spec.suspend``, its pod
 stops and the trainer checkpoints) rather than deleted, and resuming resumes that same Job (same uid)
 and the job still finishes; deleting a FineTuneJob deletes its trainer Jobs (the finalizer; the
-emulator has no garbage collector) and the object goes away.
+emulator has no garbage collector) and the object goes away; a round's Job deleted by hand mid-round
+(the trainer's last word "Terminated", resumable) is created again and the job still finishes.
 """
 
 from __future__ import annotations
@@ -103,6 +104,38 @@ async def test_delete_removes_the_trainer_jobs(
     assert 'name="gone"' not in await ftj_operator.metrics(), "its progress and scores leave with it"
     layout_dir = models_dir / "finetunejobs" / "test"
     assert any(layout_dir.iterdir()), "files on the model volume (dataset, adapters) are kept"
+
+
+async def test_a_trainer_job_deleted_mid_round_is_created_again_and_the_job_finishes(
+    api: Any, ftj_operator: Any, kubelet: Any, models_dir: Path
+) -> None:
+    """Deleting a round's Job by hand (or losing it with its node) stops the trainer after a
+    checkpoint; its last word, on the volume, is ``Terminated`` and resumable. The FineTuneJob does
+    not fail: it creates the round's Job again (a new uid, same name), which resumes and finishes."""
+    trainer = TrainerDouble(api, kubelet, models_dir)
+    await api.create(finetune_manifest("lost"))
+    await api.wait_for(lambda: api.get("Job", "lost-r0"), what="baseline Job")
+    await trainer.succeed("lost", 0, 0.3)
+    first = await api.wait_for(lambda: api.get("Job", "lost-r1"), what="round 1 Job")
+    await trainer.progress("lost", 1, 40.0)
+
+    await trainer.deleted_mid_round("lost", 1)
+
+    async def recreated() -> dict[str, Any] | None:
+        job = await api.get("Job", "lost-r1")
+        return job if job is not None and job["metadata"]["uid"] != first["metadata"]["uid"] else None
+
+    again = await api.wait_for(recreated, what="round 1 Job created again")
+    assert (
+        again["spec"]["template"]["spec"]["containers"][0].get("command")
+        == first["spec"]["template"]["spec"]["containers"][0].get("command")
+    )
+    obj = await api.get("FineTuneJob", "lost")
+    assert obj is not None and obj["status"]["phase"] == "Training"
+    await trainer.succeed("lost", 1, 0.9, status_file=True)
+    obj = await api.wait_for_phase("FineTuneJob", "lost", "Succeeded")
+    assert obj["status"]["result"]["score"] == 0.9
+    assert len(obj["status"]["rounds"]) == 1
 
 
 async def test_a_job_left_by_an_earlier_finetunejob_of_the_same_name_is_not_adopted(

@@ -196,6 +196,27 @@ class TrainerDouble:
         await self.kubelet.job_succeeded(self.job(ftj, number))
         return text
 
+    async def deleted_mid_round(self, ftj: str, number: int) -> None:
+        """Someone deletes the round's Job (or its node goes): the pod gets SIGTERM, the trainer
+        saves a checkpoint and writes its last line, ``failed``/``Terminated``/resumable, to the
+        status file on the volume; the Job and its pod are gone."""
+        layout = await self.layout(ftj)
+        path = layout.in_operator(self.models_dir, layout.status_file(number))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = finetune_flow.VolumeLayout.in_trainer(layout.round_dir(number) / "checkpoint")
+        path.write_text(
+            line(
+                "failed",
+                round=number,
+                reason="Terminated",
+                message="SIGTERM: stopped after a checkpoint",
+                exitCode=143,
+                checkpointPath=checkpoint,
+                resumable=True,
+            )
+        )
+        await self.api.delete("Job", self.job(ftj, number))
+
     async def fail(
         self, ftj: str, number: int, *, trainer_reason: str | None, job_reason: str, message: str = ""
     ) -> None:

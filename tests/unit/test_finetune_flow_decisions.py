@@ -505,6 +505,21 @@ def test_a_vanished_job_is_created_again() -> None:
     assert step.transition is None and len(step.status.rounds) == 2
 
 
+def test_a_job_deleted_mid_round_is_created_again_to_resume_from_its_checkpoint() -> None:
+    """Deleting a Job stops its pod with SIGTERM: the trainer checkpoints and says ``failed``,
+    ``Terminated``, resumable. That is not the round's end: the Job is created again (and resumes);
+    a failure the trainer could not resume from still fails the job."""
+    status = training_status(baseline={"score": 0.3}, rounds=[{"round": 1, "learningRate": 0.001}])
+    terminated = {"event": "failed", "reason": "Terminated", "message": "SIGTERM", "resumable": True}
+    step = run(spec(), status, round=round_seen(1, flow.JobState.MISSING, lines(terminated)))
+    assert step.create_round == flow.RoundPlan(1, 0.001, None)
+    assert step.status.phase == ft.FineTunePhase.TRAINING
+    diverged = {"event": "failed", "reason": "Diverged", "message": "loss is NaN", "resumable": False}
+    gone = run(spec(), status, round=round_seen(1, flow.JobState.MISSING, lines(diverged)))
+    assert gone.status.phase == ft.FineTunePhase.FAILED and gone.create_round is None
+    assert condition(gone.status, "Failed").reason == "Diverged"
+
+
 def test_finished_job_gone_uses_the_volume_copy() -> None:
     status = training_status(baseline={"score": 0.3}, rounds=[{"round": 1, "learningRate": 0.001}])
     step = run(spec(), status, round=round_seen(1, flow.JobState.MISSING, completed(1, 0.9)))

@@ -778,8 +778,11 @@ def _training(spec: ft.FineTuneJobSpec, step: Step, observed: Observed) -> Step:
     job = seen.job
     output = seen.output
     final = output.final if output is not None else None
-    if job.state == JobState.MISSING and final is None:
-        # Not created yet, or gone before it finished (deleted by hand): create-or-adopt it again.
+    stopped = final is not None and final.get("event") == "failed" and final.get("resumable") is True
+    if job.state == JobState.MISSING and (final is None or stopped):
+        # Not created yet, or gone before it finished (deleted by hand, or with its node: the
+        # trainer's last word is a SIGTERM checkpoint, "resumable"): create-or-adopt it again; the
+        # new pod continues from the round's checkpoint (resumeFrom: auto).
         return _start_round(
             spec,
             step,
