@@ -29,6 +29,8 @@ from support.trainer_double import TrainerDouble, finetune_manifest, seed_episod
 
 from lightning_op.manifests import trainer_job
 
+from .conftest import TEST_USER_AGENT
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -458,3 +460,23 @@ async def test_a_finished_round_is_read_from_the_watch_and_the_volume(
     assert obj["status"]["fineTunedModel"].endswith("/round-1/adapter")
     assert obj["status"]["rounds"][0]["trainLoss"] == 0.5
     assert _reads_of(api, mark, "vol-r1") == []
+
+
+async def test_only_trainer_jobs_are_watched(api: Any, ftj_operator: Any) -> None:
+    """The operator's list and watch of Jobs ask the API server for its trainer Jobs only (a label
+    selector, filtered server-side): a cluster's other Jobs are never sent to it."""
+
+    async def job_watches() -> list[Any]:
+        return [
+            r
+            for r in api.emulator.history
+            if r.method == "GET"
+            and r.resource is not None
+            and r.resource.plural == "jobs"
+            and r.name is None
+            and r.headers.get("User-Agent") != TEST_USER_AGENT
+        ]
+
+    requests = await api.wait_for(job_watches, what="the operator's list or watch of Jobs")
+    selector = f"{trainer_job.LABEL_MANAGED_BY}={trainer_job.MANAGED_BY}"
+    assert {r.params.get("labelSelector") for r in requests} == {selector}

@@ -126,10 +126,9 @@ async def test_a_trainer_job_deleted_mid_round_is_created_again_and_the_job_fini
         return job if job is not None and job["metadata"]["uid"] != first["metadata"]["uid"] else None
 
     again = await api.wait_for(recreated, what="round 1 Job created again")
-    assert (
-        again["spec"]["template"]["spec"]["containers"][0].get("command")
-        == first["spec"]["template"]["spec"]["containers"][0].get("command")
-    )
+    assert again["spec"]["template"]["spec"]["containers"][0].get("command") == first["spec"]["template"][
+        "spec"
+    ]["containers"][0].get("command")
     obj = await api.get("FineTuneJob", "lost")
     assert obj is not None and obj["status"]["phase"] == "Training"
     await trainer.succeed("lost", 1, 0.9, status_file=True)

@@ -50,7 +50,7 @@ from lightning_op.api.conditions import (
     get_condition,
     set_condition,
 )
-from lightning_op.manifests import workload_env
+from lightning_op.manifests import trainer_job, workload_env
 from lightning_op.store import base as store_base
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,11 @@ def apply_settings(settings: kopf.OperatorSettings) -> None:
     settings.posting.reporting_component = constants.FIELD_MANAGER
     settings.posting.reporting_instance = socket.gethostname()
     settings.posting.event_name_prefix = f"{constants.FIELD_MANAGER}-"
+    # Trainer Jobs are the one built-in kind watched: the API server sends only ours, so a cluster's
+    # other Jobs never reach the operator (the handler's ``labels=`` filters after they arrived).
+    settings.watching.label_selectors["batch", "jobs"] = (
+        f"{trainer_job.LABEL_MANAGED_BY}={trainer_job.MANAGED_BY}"
+    )
     # Watches end server-side before the client gives up, so a dead connection is noticed quickly.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
