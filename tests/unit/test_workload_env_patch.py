@@ -107,6 +107,21 @@ def test_unchanged_workload_needs_no_patch() -> None:
     assert workload_env.env_patch(body, "agent", {"MODEL_NAME": "gpt-small", "ABSENT": None}) == []
 
 
+def test_an_empty_value_as_the_api_server_returns_it_needs_no_patch() -> None:
+    """The API server leaves an empty ``value`` out of what it stores and returns: a var set to ""
+    reads back as ``{"name": ...}`` alone, which is the same var, not a change to write again on
+    every reconcile."""
+    body = deployment([*copy.deepcopy(BASE_ENV), {"name": "EPISODE_REDACT_BUILTINS"}])
+    assert workload_env.env_patch(body, "agent", {"EPISODE_REDACT_BUILTINS": ""}) == []
+    kept = deployment([*copy.deepcopy(BASE_ENV), {"name": "EPISODE_REDACT_BUILTINS", "value": ""}])
+    assert workload_env.env_patch(kept, "agent", {"EPISODE_REDACT_BUILTINS": ""}) == []
+    added = apply(
+        deployment(copy.deepcopy(BASE_ENV)),
+        workload_env.env_patch(deployment(copy.deepcopy(BASE_ENV)), "agent", {"EPISODE_REDACT_BUILTINS": ""}),
+    )
+    assert app_env(added)[-1] == {"name": "EPISODE_REDACT_BUILTINS"}
+
+
 def test_removal_of_several_vars_keeps_the_rest_in_order() -> None:
     body = deployment(copy.deepcopy(BASE_ENV))
     ops = workload_env.env_patch(body, "agent", {"MODEL_NAME": None, "USE_TUNED_MODEL": None})
@@ -180,7 +195,8 @@ def test_capture_env_patch_carries_the_redaction_and_its_removal_takes_it_away(
     enabled = apply(
         before, workload_env.env_patch(before, "agent", capture_sync.capture_env(spec, "http://c:8080"))
     )
-    env = {e["name"]: e["value"] for e in app_env(enabled) if "value" in e}
+    # a var with no value (an empty one, as the API server stores it) is set to "" in the pod
+    env = {e["name"]: e.get("value", "") for e in app_env(enabled) if "valueFrom" not in e}
 
     assert env["EPISODE_REDACT_BUILTINS"] == builtins_env
     assert json.loads(env["EPISODE_REDACT_PATTERNS"]) == patterns

@@ -72,9 +72,16 @@ def env_patch(
     Returns ``[]`` when nothing needs to change, so an unchanged object causes no write.
     """
     entries: dict[str, dict[str, Any] | None] = {
-        name: (None if value is None else {"name": name, "value": value}) for name, value in desired.items()
+        # an empty value as the API server stores it (it omits an empty ``value``)
+        name: (None if value is None else {"name": name, "value": value} if value else {"name": name})
+        for name, value in desired.items()
     }
     return restore_patch(workload, container, EnvSnapshot(entries))
+
+
+def _stored(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An env entry as the API server keeps it: an empty ``value`` is left out (``omitempty``)."""
+    return {k: v for k, v in entry.items() if not (k == "value" and v == "")}
 
 
 def restore_patch(
@@ -99,7 +106,7 @@ def restore_patch(
                 changes.append({"op": "add", "path": f"{base}/env/-", "value": copy.deepcopy(entry)})
         elif entry is None:
             removals.append(position)
-        elif env[position] != entry:
+        elif _stored(env[position]) != _stored(entry):
             changes.append({"op": "test", "path": f"{base}/env/{position}/name", "value": name})
             changes.append({"op": "replace", "path": f"{base}/env/{position}", "value": copy.deepcopy(entry)})
     # Remove from the highest index down so earlier removals do not shift later ones.
