@@ -349,18 +349,3 @@ class Cluster:
                 ),
             )
         )
-
-    def get_secret_value(self, namespace: str, name: str, key: str) -> str:
-        """One key of a named Secret (get only: the operator never lists or watches Secrets)."""
-        import base64
-
-        data = _json(
-            _call(
-                f"get Secret {namespace}/{name}",
-                lambda: self.core.read_namespaced_secret(name, namespace, **self._raw),
-            )
-        )
-        encoded = (data.get("data") or {}).get(key)
-        if encoded is None:
-            raise NotFound(f"Secret {namespace}/{name} has no key {key!r}")
-        return base64.b64decode(encoded).decode()

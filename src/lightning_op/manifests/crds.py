@@ -320,7 +320,7 @@ def _rule(api_group: str, resources: Iterable[str], verbs: Iterable[str]) -> dic
 
 
 def operator_rules() -> list[dict[str, Any]]:
-    """The least the controllers need: no wildcards, and Secrets only by ``get`` (no list or watch)."""
+    """The least the controllers need: no wildcards, and no Secrets (never list or watch them)."""
     plurals = [info.plural for info in kinds.KINDS]
     return [
         # Watch our kinds; kopf patches finalizers and its progress annotations.
@@ -338,8 +338,8 @@ def operator_rules() -> list[dict[str, Any]]:
         # one by one or watched.
         _rule("", ["pods"], ["list"]),
         _rule("", ["pods/log"], ["get"]),
-        # FineTuneJob.spec.credentials.secretRef (Azure): read one named Secret; never list or watch.
-        _rule("", ["secrets"], ["get"]),
+        # No Secrets: nothing reads one yet. The azureOpenAI backend (FineTuneJob.spec.credentials
+        # .secretRef) will add ``get`` on secrets when it is built; never list or watch.
         # Kubernetes Events on every phase change: kopf only posts new ones. A trainer Job without
         # pods: its FailedCreate Events, listed by field selector, say why (a quota on GPUs).
         _rule("", ["events"], ["create", "list"]),
