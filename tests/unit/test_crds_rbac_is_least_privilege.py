@@ -1,8 +1,8 @@
 """The operator's generated RBAC grants what the controllers need and nothing broader.
 
 Covers: no '*' anywhere (verbs, resources, API groups); no access to Secrets at all while nothing
-reads one (and never list or watch, which would expose every Secret in the cluster); the four kinds with their status and
-finalizers subresources; Deployments, Jobs, pods and pod logs, Events, namespaces and CRDs with
+reads one (and never list or watch, which would expose every Secret in the cluster); the four
+kinds with their status and finalizers subresources; Deployments, Jobs, pods and pod logs, Events, namespaces and CRDs with
 exactly the verbs the code and kopf use (k8s.py: Deployments get and JSON patch, Jobs create, get,
 delete and patch, pods list by the Job's selector, pod logs get; kopf: list and watch of
 the Jobs it watches, namespaces and CRDs, Events create), so none nobody uses (Deployments list/watch,
