@@ -1,13 +1,13 @@
 """The operator's generated RBAC grants what the controllers need and nothing broader.
 
 Covers: no '*' anywhere (verbs, resources, API groups); no access to Secrets at all while nothing
-reads one (and never list or watch, which would expose every Secret in the cluster); the four
-kinds with their status and finalizers subresources; Deployments, Jobs, pods and pod logs, Events, namespaces and CRDs with
-exactly the verbs the code and kopf use (k8s.py: Deployments get and JSON patch, Jobs create, get,
-delete and patch, pods list by the Job's selector, pod logs get; kopf: list and watch of
-the Jobs it watches, namespaces and CRDs, Events create), so none nobody uses (Deployments list/watch,
-pods get/watch, Events patch); every verb a real Kubernetes verb; the aggregated user roles only touch our
-API group; rbac.yaml holds exactly these objects.
+reads one (and never list or watch, which would expose every Secret in the cluster); the four kinds
+with their status and finalizers subresources; Deployments, Jobs, pods and pod logs, Events,
+namespaces and CRDs with exactly the verbs the code and kopf use (k8s.py: Deployments get and JSON
+patch, Jobs create, get, delete and patch, pods list by the Job's selector, pod logs get; kopf: list
+and watch of the Jobs it watches, namespaces and CRDs, Events create), so none nobody uses
+(Deployments list/watch, pods get/watch, Events patch); every verb a real Kubernetes verb; the
+aggregated user roles only touch our API group; rbac.yaml holds exactly these objects.
 """
 
 from __future__ import annotations
