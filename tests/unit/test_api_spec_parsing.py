@@ -152,3 +152,25 @@ def test_threshold_is_in_grader_units_and_normalises_to_0_1(
 
     spec = finetune.EvaluationSpec.model_validate({"grader": grader, "threshold": threshold})
     assert spec.normalized_threshold() == pytest.approx(normalized)
+
+
+def test_a_time_without_an_offset_is_utc_and_compares_with_one_that_has_it() -> None:
+    """``since`` typed without an offset (as on a command line) is UTC, like episode timestamps: it
+    compares with an ``until`` that has one (it raised TypeError), and the order is still checked."""
+    selector = {"since": "2026-01-01T00:00:00", "until": "2026-01-02T00:00:00+00:00"}
+    spec = kinds.parse_spec(
+        "RewardLabeling", body("RewardLabeling", {**MINIMAL["RewardLabeling"], "selector": selector})
+    )
+    assert isinstance(spec, labeling.RewardLabelingSpec)
+    assert spec.selector.since is not None and spec.selector.since.utcoffset() is not None
+    backwards = {"since": "2026-01-03T00:00:00", "until": "2026-01-02T00:00:00Z"}
+    with pytest.raises(SpecError, match="spec.selector.until: since must be before until"):
+        kinds.parse_spec(
+            "RewardLabeling", body("RewardLabeling", {**MINIMAL["RewardLabeling"], "selector": backwards})
+        )
+    ftj = kinds.parse_spec(
+        "FineTuneJob",
+        body("FineTuneJob", {**MINIMAL["FineTuneJob"], "dataset": {"since": "2026-01-01T00:00:00"}}),
+    )
+    assert isinstance(ftj, finetune.FineTuneJobSpec)
+    assert ftj.dataset.since is not None and ftj.dataset.since.utcoffset() is not None

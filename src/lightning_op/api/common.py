@@ -14,9 +14,10 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
@@ -40,6 +41,15 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Quantity = Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN)]
 #: a spec boolean: ``"yes"`` or ``"true"`` strings are refused, as the API server refuses them
 Flag = Annotated[bool, Field(strict=True)]
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+#: a time in a spec; one without an offset (``2026-01-01T00:00:00``, as a CLI user may type it) is
+#: UTC, as episode timestamps are, so it compares with them (the CRD's ``date-time`` needs an offset)
+SpecTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 M = TypeVar("M", bound=BaseModel)
 

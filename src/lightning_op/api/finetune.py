@@ -29,6 +29,7 @@ from lightning_op.api.common import (
     ObjectRef,
     Quantity,
     SecretKeyRef,
+    SpecTime,
     StatusModel,
     cel_rule,
     cel_rules,
@@ -78,7 +79,7 @@ class DatasetSpec(ApiModel):
     max_episodes: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
         default=None, description="Use at most this many episodes (highest reward first)."
     )
-    since: datetime | None = Field(
+    since: SpecTime | None = Field(
         default=None, description="Only episodes at or after this time (RFC 3339)."
     )
     validation_fraction: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = Field(

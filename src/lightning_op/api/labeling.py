@@ -23,6 +23,7 @@ from lightning_op.api.common import (
     FieldValueError,
     Flag,
     Fraction,
+    SpecTime,
     StatusModel,
     cel_rule,
     cel_rules,
@@ -73,10 +74,10 @@ class EpisodeSelector(ApiModel):
     model_config = ConfigDict(json_schema_extra=cel_rules(_SINCE_BEFORE_UNTIL))
 
     unlabeled_only: Flag = Field(default=True, description="Skip episodes that already have a reward.")
-    since: datetime | None = Field(
+    since: SpecTime | None = Field(
         default=None, description="Only episodes at or after this time (RFC 3339)."
     )
-    until: datetime | None = Field(default=None, description="Only episodes before this time (RFC 3339).")
+    until: SpecTime | None = Field(default=None, description="Only episodes before this time (RFC 3339).")
     limit: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
         default=None, description="Label at most this many episodes (newest first)."
     )
