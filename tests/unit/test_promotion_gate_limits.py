@@ -55,6 +55,17 @@ def test_the_gate_holds_at_its_exact_limits(
     assert (decision.status is promotion_flow.GateStatus.OPEN) is open_, decision.message
 
 
+def test_a_regression_limit_that_cannot_be_checked_keeps_the_gate_shut() -> None:
+    """Without per-example counts (an evaluation file not read) ``maxRegression`` cannot be checked:
+    the gate fails and says so, rather than promoting past a limit the user set."""
+    job = _finetune_job(0.5, 0.9)
+    job["status"]["result"] = {"score": 0.9}
+    decision = promotion_flow.gate_decision(_spec({"maxRegression": 0.1}), job)
+    assert decision.status is promotion_flow.GateStatus.FAILED
+    assert "spec.gate.maxRegression is set but status.result has no per-example counts" in decision.message
+    assert promotion_flow.gate_decision(_spec({}), job).status is promotion_flow.GateStatus.OPEN
+
+
 def _stats(version: str, reward: float, errors: int = 0) -> promotion.VersionStats:
     episodes = [
         {"modelVersion": version, "labeled": True, "reward": reward, "error": "x" if i < errors else None}
