@@ -148,6 +148,13 @@ def rollout_state(deployment: Mapping[str, Any], generation: int | None) -> Roll
     )
     if failed:
         message = f"rollout failed: {progressing.get('message') or 'ProgressDeadlineExceeded'}"
+    elif spec.get("paused") and not (updated >= wanted and total <= updated):
+        # no progress deadline runs while paused: without this the wait would look stuck
+        name = meta.get("name") or "NAME"
+        message = (
+            f"the Deployment is paused (spec.paused): {updated} of {wanted} replicas updated; "
+            f"the rollout waits for kubectl rollout resume deployment/{name}"
+        )
     elif observed < target:
         message = f"waiting for the Deployment controller to observe generation {target}"
     elif updated < wanted:
