@@ -1141,6 +1141,10 @@ def volume_output(models_dir: Path, layout: VolumeLayout, round_number: int) -> 
 # ------------------------------------------------------------------------------------ dataset snapshot
 
 
+#: the snapshot record's copy of what it was built from (the agent and ``spec.dataset``)
+BUILT_FROM = "builtFrom"
+
+
 def build_snapshot(
     store: store_base.EpisodeStore, spec: ft.FineTuneJobSpec, models_dir: Path, layout: VolumeLayout
 ) -> DatasetOutcome:
@@ -1148,12 +1152,16 @@ def build_snapshot(
 
     A snapshot already there (``dataset/snapshot.json`` beside the files) is reused: a FineTuneJob
     trains on one snapshot, and a restarted operator must not rebuild it under a running trainer
-    from episodes that arrived since.
+    from episodes that arrived since. One built from another ``spec.dataset`` (a job that failed
+    before any trainer ran, its spec then fixed) is built again: no trainer has read it.
     """
     assert spec.agent_id is not None
     record = layout.in_operator(models_dir, layout.snapshot)
     existing = read_json_file(record)
-    if existing is not None and layout.in_operator(models_dir, layout.dataset).is_file():
+    built_from = {"agentId": spec.agent_id, **spec.dataset.to_json_dict()}
+    if existing is not None and existing.get(BUILT_FROM, built_from) != built_from:
+        log.info("dataset record %s was built from another spec.dataset; building it again", record)
+    elif existing is not None and layout.in_operator(models_dir, layout.dataset).is_file():
         try:
             stats = dataset_build.DatasetStats.from_json_dict(existing)
             return DatasetOutcome(stats=stats, episodes=stats.episodes)
@@ -1178,7 +1186,7 @@ def build_snapshot(
     if stats.validation_path is not None:
         stats.validation_path = str(layout.validation)
     if stats.episodes >= spec.dataset.min_episodes:
-        _write_json_atomic(record, stats.to_json_dict())
+        _write_json_atomic(record, {**stats.to_json_dict(), BUILT_FROM: built_from})
     return DatasetOutcome(stats=stats, episodes=stats.episodes)
 
 
