@@ -295,6 +295,27 @@ def test_secret_named_json_keys_have_their_values_replaced() -> None:
     }
 
 
+def test_a_password_sent_as_a_json_number_is_replaced() -> None:
+    episode = _episode(
+        action=ep.Action(tool="login", arguments={"user": "pat", "password": 123456, "max_tokens": 1024})
+    )
+    clean = REDACTOR.redact_episode(episode)
+    assert clean.action is not None
+    assert clean.action.arguments == {"user": "pat", "password": "[REDACTED:api_key]", "max_tokens": 1024}
+    assert clean.redactions == {"api_key": 1}
+
+
+def test_keys_redacted_alike_keep_every_value() -> None:
+    counts: dict[str, int] = {}
+    value = {"ana@example.com": {"orders": 3}, "bo@example.org": {"orders": 5}, "cy@example.net": 1}
+    assert REDACTOR.redact_json(value, counts) == {
+        "[REDACTED:email]": {"orders": 3},
+        "[REDACTED:email]#2": {"orders": 5},
+        "[REDACTED:email]#3": 1,
+    }
+    assert counts == {"email": 3}
+
+
 def test_redact_json_handles_nested_values_and_keys() -> None:
     counts: dict[str, int] = {}
     value = {"users": [{"mail": EMAIL, "auth": {"client_secret": "s3cr3t-Value-42"}}], "n": 1}

@@ -12,7 +12,8 @@ and each label's ``reason`` and ``error``. Identifiers (``id``, ``agentId``, ``m
 and grader names) are validated names and are left alone.
 
 A detected value becomes ``[REDACTED:<kind>]`` and ``episode.redactions[<kind>]`` counts the
-replacements (added to any counts already there). The kinds, one per builtin:
+replacements (added to any counts already there); dict keys redacted alike in one object become
+``[REDACTED:<kind>]#2``, ``#3``... so no value is lost. The kinds, one per builtin:
 
 - ``email``;
 - ``phone``: international (``+44 20 7946 0958``, ``+919876543210``) and US formats
@@ -28,8 +29,8 @@ replacements (added to any counts already there). The kinds, one per builtin:
   ``password=``/``api_key:``/``TOKEN=``... assignment in text (passwords always, other names when
   the value has 12+ characters of two classes and 3+ bits of entropy per character); and in
   structured JSON, the string under a key that names a secret (``password``, ``apiKey``,
-  ``client_secret``, ``accessToken``, ...: passwords always, others when 8+ characters of two
-  classes without spaces).
+  ``client_secret``, ``accessToken``, ...: passwords always, a number too; others when 8+
+  characters of two classes without spaces).
 
 Placeholders can make a text longer: a text field that grows past its limit is cut at the limit; a
 JSON field that grows past ``episode.MAX_JSON_BYTES`` raises ``ValueError`` naming the field (the
@@ -378,6 +379,18 @@ def _text_value_is_secret(value: str) -> bool:
     )
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _unique_key(key: str, taken: Mapping[Any, Any]) -> str:
+    """``key#2``, ``key#3``...: the first not in ``taken``."""
+    n = 2
+    while f"{key}#{n}" in taken:
+        n += 1
+    return f"{key}#{n}"
+
+
 def _secret_key(key: str) -> str | None:
     """'password' or 'secret' when a JSON key names one (``db_password``, ``apiKey``), else None."""
     norm = key.lower().replace("_", "").replace("-", "").replace(".", "")
@@ -684,9 +697,14 @@ class _Pass:
             out: dict[Any, Any] = {}
             for key, item in value.items():
                 new_key = self.text(key) if isinstance(key, str) else key
+                if new_key != key and new_key in out:
+                    # two keys redacted alike ({"a@x.io": 1, "b@y.io": 2}): keep both values
+                    new_key = _unique_key(new_key, out)
                 new_item = self.json(item)
                 if self.secret_keys and isinstance(key, str) and isinstance(new_item, str) and new_item:
                     new_item = self._secret_value(key, new_item)
+                elif self.secret_keys and isinstance(key, str) and _is_number(new_item):
+                    new_item = self._secret_number(key, new_item)
                 changed = changed or new_key != key or new_item is not item
                 out[new_key] = new_item
             return out if changed else value
@@ -699,6 +717,13 @@ class _Pass:
             new = self.text(digits)
             return value if new == digits else new
         return value
+
+    def _secret_number(self, key: str, value: int | float) -> int | float | str:
+        """A password sent as a JSON number (``{"pin": ...}`` is not one; ``{"password": 123456}`` is)."""
+        if _secret_key(key) != "password":
+            return value
+        _count(self.counts, "api_key", 1)
+        return _placeholder("api_key")
 
     def _secret_value(self, key: str, value: str) -> str:
         kind = _secret_key(key)
