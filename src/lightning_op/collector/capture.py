@@ -561,13 +561,16 @@ class EpisodeRecorder:
                 return not self._buffer
             self._flush_requested = True
             self._cond.notify_all()
-            while self._buffer or self._in_flight:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            self._flush_requested = False
-            return True
+            try:
+                while self._buffer or self._in_flight:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return True
+            finally:
+                # also after a timeout: left set, every later episode would go out alone at once
+                self._flush_requested = False
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Flush for up to ``timeout`` seconds, then stop the background thread; what could not be
