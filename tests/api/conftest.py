@@ -804,6 +804,17 @@ def live_episodes(
     ]
 
 
+def quick_promotion(
+    agent: str, model: str = "v2", window_seconds: int = 60, min_episodes: int = 5
+) -> dict[str, Any]:
+    """The example ModelPromotion of ``model`` (named, no gate) onto container ``agent`` of the
+    Deployment ``agent``, with a short verification window."""
+    body = example("ModelPromotion", agent)
+    body["spec"].update(agentId=agent, targetRef={"name": agent, "container": "agent"}, model={"name": model})
+    body["spec"]["verification"].update(windowSeconds=window_seconds, minEpisodes=min_episodes)
+    return body
+
+
 class Objects:
     """Builders and readers of test objects, as a fixture (conftest modules are not imported by tests)."""
 
@@ -812,6 +823,7 @@ class Objects:
     env_dict = staticmethod(env_dict)
     example = staticmethod(example)
     live_episodes = staticmethod(live_episodes)
+    quick_promotion = staticmethod(quick_promotion)
 
 
 @pytest.fixture

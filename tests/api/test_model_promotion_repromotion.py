@@ -22,10 +22,7 @@ async def test_a_repromoted_model_is_judged_on_episodes_since_this_promotion(
     store.insert_many(
         objects.live_episodes(agent, "qwen-base", 10, 0.8, at=now - datetime.timedelta(minutes=20))
     )
-    body = objects.example("ModelPromotion", agent)
-    body["spec"].update(agentId=agent, targetRef={"name": agent, "container": "agent"}, model={"name": "v2"})
-    body["spec"]["verification"].update(windowSeconds=3, minEpisodes=5)
-    await api.create(body)
+    await api.create(objects.quick_promotion(agent, window_seconds=3))
 
     async with kubelet.rolling_out(agent):
         await api.wait_for_phase("ModelPromotion", agent, "Verifying")

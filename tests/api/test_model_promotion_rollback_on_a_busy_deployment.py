@@ -22,10 +22,7 @@ async def test_a_contended_rollback_is_retried_until_the_env_is_restored(
     containers_before = copy.deepcopy(deployment["spec"]["template"]["spec"]["containers"])
     earlier = datetime.datetime.now(tz=datetime.UTC) - datetime.timedelta(minutes=5)
     store.insert_many(objects.live_episodes(agent, "qwen-base", 10, 0.8, at=earlier, prefix="old"))
-    body = objects.example("ModelPromotion", agent)
-    body["spec"].update(agentId=agent, targetRef={"name": agent, "container": "agent"}, model={"name": "v2"})
-    body["spec"]["verification"].update(windowSeconds=60, minEpisodes=5)
-    await api.create(body)
+    await api.create(objects.quick_promotion(agent))
 
     async with kubelet.rolling_out(agent):
         await api.wait_for_phase("ModelPromotion", agent, "Verifying")
@@ -68,10 +65,7 @@ async def test_a_refused_rollback_fails_saying_what_to_restore(api, operator, ob
     await api.create(objects.agent_deployment(agent))
     earlier = datetime.datetime.now(tz=datetime.UTC) - datetime.timedelta(minutes=5)
     store.insert_many(objects.live_episodes(agent, "qwen-base", 10, 0.8, at=earlier, prefix="old"))
-    body = objects.example("ModelPromotion", agent)
-    body["spec"].update(agentId=agent, targetRef={"name": agent, "container": "agent"}, model={"name": "v2"})
-    body["spec"]["verification"].update(windowSeconds=60, minEpisodes=5)
-    await api.create(body)
+    await api.create(objects.quick_promotion(agent))
 
     async with kubelet.rolling_out(agent):
         await api.wait_for_phase("ModelPromotion", agent, "Verifying")
