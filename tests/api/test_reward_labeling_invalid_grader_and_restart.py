@@ -2,7 +2,8 @@
 
 Covers: a grader the CRD schema accepts but the graders module refuses (a missing ``reference``, an
 unknown template namespace) ends in phase Failed with a condition naming ``spec.grader.<field>``,
-writes nothing more (no retry storm), and runs once the spec is fixed; a RewardLabeling whose status
+writes nothing more (no retry storm), and runs once the spec is fixed; broken again, its verdict and
+scores go (they were the fixed grader's); a RewardLabeling whose status
 writes the API server refuses (403, as RBAC would) stops trying after its Failed report, and runs to
 Completed once the writes are allowed and its spec changes (the daemon is not lost); an operator killed while
 labeling 20,000 episodes resumes from the store after a restart: every episode ends with exactly one
@@ -62,6 +63,13 @@ async def test_invalid_grader_fails_naming_the_field(api: Any, operator_process:
     obj = await api.wait_for_phase("RewardLabeling", "rl-missing", "Completed", timeout=20)
     assert obj["status"]["labeled"] == 30
     assert next(c for c in obj["status"]["conditions"] if c["type"] == "Failed")["status"] == "False"
+    assert obj["status"]["verdict"] and obj["status"]["scores"]
+
+    # broken again: the verdict and scores of the grader that gave them go with it (a FineTuneJob's
+    # gate must not open on them)
+    await api.patch("RewardLabeling", "rl-missing", {"spec": {"grader": {"input": "{{nope.query}}"}}})
+    obj = await api.wait_for_phase("RewardLabeling", "rl-missing", "Failed")
+    assert "verdict" not in obj["status"] and "scores" not in obj["status"]
 
 
 async def test_restart_while_labeling_resumes_from_the_store(

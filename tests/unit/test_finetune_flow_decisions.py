@@ -296,6 +296,21 @@ def test_gate_state(verdict: str | None, allow: bool, state: flow.GateState) -> 
     assert flow.gate_state(s, None).state == flow.GateState.NOT_FOUND
 
 
+def test_a_verdict_of_an_earlier_spec_does_not_open_the_gate() -> None:
+    """The RewardLabeling's spec changed (generation 2) and its daemon has not reported on it yet:
+    its GO is the old grader's, so training waits."""
+    s = spec(gate={"labelingRef": {"name": "rl"}})
+    stale = {
+        "metadata": {"generation": 2},
+        "status": {"phase": "Completed", "verdict": "GO", "observedGeneration": 1},
+    }
+    seen = flow.gate_state(s, stale)
+    assert seen.state == flow.GateState.WAITING
+    assert "changed spec (generation 2)" in seen.message
+    current = {**stale, "status": {**stale["status"], "observedGeneration": 2}}
+    assert flow.gate_state(s, current).state == flow.GateState.OPEN
+
+
 def test_closed_gate_waits_and_open_gate_builds_the_dataset() -> None:
     s = spec(gate={"labelingRef": {"name": "rl"}})
     blocked = flow.GateObservation(flow.GateState.BLOCKED, "RewardLabeling rl verdict is NO-GO")

@@ -277,11 +277,16 @@ async def _wait_for_change(body: kopf.Body, generation: Any, stopped: kopf.Daemo
 
 
 async def _report(writer: common.StatusWriter, report: lflow.Report, generation: int | None) -> None:
+    fields = report.fields
+    if writer.current.get("observedGeneration") not in (None, generation):
+        # a new spec: the last one's figures and verdict must not stand for it (a FineTuneJob's
+        # gate would open on a GO the new grader never gave)
+        fields = {**lflow.CLEARED_ON_NEW_SPEC, **(fields or {})}
     await writer.write(
         generation,
         report.phase,
         report.reason,
         report.message,
         conditions=report.conditions,
-        fields=report.fields,
+        fields=fields,
     )

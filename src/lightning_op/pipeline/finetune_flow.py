@@ -186,6 +186,12 @@ def gate_state(spec: ft.FineTuneJobSpec, labeling: Mapping[str, Any] | None) -> 
     if labeling is None:
         return GateObservation(GateState.NOT_FOUND, f"RewardLabeling {name} not found; waiting for it")
     status = labeling.get("status") or {}
+    generation = (labeling.get("metadata") or {}).get("generation")
+    if generation is not None and status.get("observedGeneration") != generation:
+        return GateObservation(
+            GateState.WAITING,
+            f"waiting for RewardLabeling {name} to label with its changed spec (generation {generation})",
+        )
     verdict = status.get("verdict")
     allowed = {"GO", "WARNING"} if spec.gate.allow_warning else {"GO"}
     if verdict in allowed:

@@ -92,6 +92,10 @@ def condition(type_: str, value: bool, reason: str, message: str, generation: in
     )
 
 
+#: status fields that describe one spec's run: removed when a new spec's first report is written
+CLEARED_ON_NEW_SPEC: Mapping[str, Any] = {"verdict": None, "scores": None, "diagnosis": None}
+
+
 @dataclass(frozen=True)
 class Report:
     """A stage's outcome as the controller writes it: phase, reason, message, conditions, fields."""
