@@ -80,7 +80,8 @@ class _Screen:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("demo-output"),
     show_default=True,
-    help="Where the demo keeps its store, models, datasets and report (reset each run).",
+    help="Where the demo keeps its store, models, datasets and report (reset each run; a directory "
+    "holding other files is refused).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for the model, the traffic and training."

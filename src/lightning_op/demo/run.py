@@ -248,11 +248,32 @@ def _two(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+#: marks a directory as the demo's own: only then does a run clear what an earlier run left
+WORKDIR_MARKER = ".lightning-op-demo"
+#: what a run writes at the top of its workdir (``models`` is kept: it caches the base model)
+WORKDIR_ENTRIES = frozenset(
+    {"episodes.db", "episodes.db-wal", "episodes.db-shm", "episodes.db-journal", "logs", "models"}
+    | {"datasets", "training"}
+    | {"pass-fail-ranges.json", WORKDIR_MARKER}
+)
+
+
 def _prepare_workdir(workdir: Path) -> None:
-    """Start from a clean workdir, keeping only a cached base model."""
+    """Start from a clean workdir, keeping only a cached base model. Only the demo's own entries are
+    removed, and only from a directory the demo made (its marker, or nothing but its entries): a
+    user's directory given by mistake is refused, not emptied."""
     workdir.mkdir(parents=True, exist_ok=True)
-    for child in workdir.iterdir():
-        if child.name == "models":
+    children = sorted(workdir.iterdir())
+    foreign = [c.name for c in children if c.name not in WORKDIR_ENTRIES]
+    if foreign and not (workdir / WORKDIR_MARKER).is_file():
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DemoError(
+            f"--workdir {workdir} holds files the demo did not make ({shown}); it would reset the "
+            "directory: give a new or empty one"
+        )
+    (workdir / WORKDIR_MARKER).write_text("made by lightning-op demo: reset on each run\n")
+    for child in children:
+        if child.name in ("models", WORKDIR_MARKER) or child.name not in WORKDIR_ENTRIES:
             continue
         if child.is_dir():
             shutil.rmtree(child)
