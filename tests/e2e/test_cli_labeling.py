@@ -347,6 +347,28 @@ def test_dry_run_ranges_and_fail_on(seeded: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        pytest.param(
+            "meanMin: 0.9\nmeanMax: 0.2\n", "ranges.meanMax: meanMin (0.9) must not", id="disordered"
+        ),
+        pytest.param("- 1\n", "ranges: must be an object", id="a-list"),
+        pytest.param("stdMax: 0.7\n", "ranges.stdMax: must be <= 0.5", id="out-of-range"),
+    ],
+)
+def test_bad_ranges_are_a_one_line_error_naming_the_key(
+    seeded: str, tmp_path: Path, content: str, needle: str
+) -> None:
+    ranges = tmp_path / "ranges.yaml"
+    ranges.write_text(content)
+    result = run(
+        seeded, "dry-run", "--evaluator", "tool_selection", "--agent-id", "bot", "--ranges", str(ranges)
+    )
+    assert_one_line_error(result, needle)
+    assert "(episode)" not in result.output
+
+
+@pytest.mark.parametrize(
     ("spec", "needle"),
     [
         pytest.param("type: tool_call\nexpected_tol: x\n", "expected_tol", id="unknown-field"),

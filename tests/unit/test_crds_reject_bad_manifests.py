@@ -135,6 +135,20 @@ BAD: list[tuple[str, str, dict[str, Any], str, str]] = [
     ("rl-sample-size-zero", "rl", {"spec.sampleTest.size": 0}, "spec.sampleTest.size", "minimum"),
     ("rl-sample-size-101", "rl", {"spec.sampleTest.size": 101}, "spec.sampleTest.size", "maximum"),
     ("rl-dry-run-negative", "rl", {"spec.dryRun.sampleSize": -1}, "spec.dryRun.sampleSize", "minimum"),
+    (
+        "rl-healthy-mean-min-above-max",
+        "rl",
+        {"spec.dryRun.healthyRanges.meanMin": 0.9},
+        "spec.dryRun.healthyRanges.meanMax",
+        "meanMin must not be greater than meanMax",
+    ),
+    (
+        "rl-healthy-std-above-half",
+        "rl",
+        {"spec.dryRun.healthyRanges.stdMax": 0.6},
+        "spec.dryRun.healthyRanges.stdMax",
+        "maximum",
+    ),
     ("rl-mode-unknown", "rl", {"spec.mode": "Daily"}, "spec.mode", "Unsupported"),
     ("rl-interval-too-short", "rl", {"spec.intervalSeconds": 10}, "spec.intervalSeconds", "minimum"),
     (

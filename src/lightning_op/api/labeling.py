@@ -97,11 +97,80 @@ class SampleTest(ApiModel):
     )
 
 
+#: (lower, upper) bounds that must be in order, by their JSON names
+_ORDERED_RANGES = (
+    ("meanMin", "meanMax"),
+    ("stdMin", "stdMax"),
+    ("fractionAboveZeroNoGo", "fractionAboveZeroMin"),
+    ("fractionPerfectMax", "fractionPerfectNoGo"),
+)
+
+
+def _ordered_rule(low: str, high: str) -> dict[str, str]:
+    return cel_rule(
+        f"!has(self.{low}) || !has(self.{high}) || self.{low} <= self.{high}",
+        f"{low} must not be greater than {high}",
+        field_path=f".{high}",
+    )
+
+
+class HealthyRanges(ApiModel):
+    """Where the dry run's metrics must lie for GO (graders.dryrun gives the exact boundaries). The
+    defaults suit graded scores; a pass/fail grader, whose share of perfect scores is its pass rate
+    and whose std is sqrt(p(1-p)), needs its own (examples/labeling.yaml has a set)."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(*(_ordered_rule(a, b) for a, b in _ORDERED_RANGES)))
+
+    mean_min: Fraction = Field(default=0.25, description="Mean score below this is WARNING (too harsh).")
+    mean_max: Fraction = Field(default=0.65, description="Mean score above this is WARNING (too lenient).")
+    std_min: Annotated[float, Field(ge=0.0, le=0.5, allow_inf_nan=False)] = Field(
+        default=0.10, description="Score std below this is WARNING (no spread)."
+    )
+    std_max: Annotated[float, Field(ge=0.0, le=0.5, allow_inf_nan=False)] = Field(
+        default=0.25, description="Score std above this is WARNING (inconsistent data)."
+    )
+    fraction_above_zero_min: Fraction = Field(
+        default=0.20, description="A smaller share of scores above zero is WARNING (harsh)."
+    )
+    fraction_above_zero_no_go: Fraction = Field(
+        default=0.10, description="A smaller share of scores above zero is NO-GO (too harsh)."
+    )
+    fraction_perfect_max: Fraction = Field(
+        default=0.30, description="A larger share of perfect scores is WARNING (lenient)."
+    )
+    fraction_perfect_no_go: Fraction = Field(
+        default=0.50, description="A larger share of perfect scores is NO-GO (too lenient)."
+    )
+    min_samples: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=30, description="Fewer scored samples is WARNING (none at all is NO-GO)."
+    )
+    max_failed_fraction: Fraction = Field(
+        default=0.10, description="A larger share of samples the grader failed on is WARNING."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HealthyRanges:
+        values = self.model_dump(by_alias=True)
+        for low, high in _ORDERED_RANGES:
+            if values[low] > values[high]:
+                raise FieldValueError(
+                    high, f"{low} ({values[low]}) must not be greater than {high} ({values[high]})"
+                )
+        return self
+
+
 class DryRun(ApiModel):
     """Score statistics over a larger sample, turned into the GO / WARNING / NO-GO verdict."""
 
     sample_size: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=200, description="Episodes scored for the dry run's statistics."
+    )
+    healthy_ranges: HealthyRanges | None = Field(
+        default=None,
+        description=(
+            "Where the metrics must lie for GO; unset: the defaults, made for graded scores. A "
+            "pass/fail grader needs its own (see examples/labeling.yaml)."
+        ),
     )
 
 

@@ -25,7 +25,7 @@ import pydantic
 import yaml
 
 from lightning_op import graders
-from lightning_op.api import episode as ep
+from lightning_op.api.common import SpecError
 from lightning_op.cli import _common
 from lightning_op.graders import base as graders_base
 from lightning_op.graders import dryrun
@@ -166,7 +166,8 @@ def _load_ranges(path: str | None) -> dryrun.HealthyRanges:
     try:
         return dryrun.HealthyRanges.model_validate(data or {})
     except pydantic.ValidationError as exc:
-        _common.fail(f"--ranges {path}: {ep.validation_reason(exc)}")
+        # the file's own keys named (meanMax: ...), as in spec.dryRun.healthyRanges
+        _common.fail(f"--ranges {path}: {SpecError.from_validation(exc, root='ranges')}")
 
 
 # --- test-grader ---------------------------------------------------------------------------------

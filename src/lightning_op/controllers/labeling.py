@@ -135,7 +135,13 @@ async def _run(
         if point.stage == lflow.Stage.SAMPLE:
             with common.timed_reconcile(rt, KIND, "sample_test"):
                 result = await labeling_pipeline.sample_test(
-                    rt.store, grader, agent, spec.sample_test.size, concurrency=spec.concurrency
+                    rt.store,
+                    grader,
+                    agent,
+                    spec.sample_test.size,
+                    since=spec.selector.since,
+                    until=spec.selector.until,
+                    concurrency=spec.concurrency,
                 )
                 report = lflow.sample_report(spec, result, generation)
                 await _report(writer, report, generation)
@@ -164,7 +170,13 @@ async def _label_and_dry_run(
     long outage does not use up their tries (``labeling.MAX_FAILED_ATTEMPTS``)."""
     if writer.held is not None and writer.held[0] == Reason.BACKEND_UNAVAILABLE:
         probe = await labeling_pipeline.sample_test(
-            rt.store, grader, str(spec.agent_id), spec.sample_test.size, concurrency=spec.concurrency
+            rt.store,
+            grader,
+            str(spec.agent_id),
+            spec.sample_test.size,
+            since=spec.selector.since,
+            until=spec.selector.until,
+            concurrency=spec.concurrency,
         )
         if labeling_pipeline.backend_down(probe.records) is not None:
             return False
@@ -197,7 +209,14 @@ async def _label_and_dry_run(
         await writer.hold(generation, Reason.BACKEND_UNAVAILABLE, lflow.labeling_outage_message(labeled))
         return False
     dry = await labeling_pipeline.dry_run(
-        rt.store, grader, str(spec.agent_id), spec.dry_run.sample_size, concurrency=spec.concurrency
+        rt.store,
+        grader,
+        str(spec.agent_id),
+        spec.dry_run.sample_size,
+        spec.dry_run.healthy_ranges,
+        since=spec.selector.since,
+        until=spec.selector.until,
+        concurrency=spec.concurrency,
     )
     down = labeling_pipeline.backend_down(dry.records)
     if down is not None:  # no verdict from a judge that is down

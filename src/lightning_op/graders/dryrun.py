@@ -3,7 +3,7 @@
 Pure functions over a list of scores, with no I/O: ``pipeline.labeling.dry_run`` (CLI ``dry-run``)
 grades a sample and calls them, and the RewardLabeling controller writes the same figures and verdict
 into its status. ``HealthyRanges`` is a pydantic model with camelCase aliases so it can be embedded
-in a CRD spec as is.
+in a CRD spec as is (it lives in ``api.labeling``: ``RewardLabeling.spec.dryRun.healthyRanges``).
 
 The seed's healthy ranges, and exactly how a value maps to a verdict (``lo``/``hi`` are inclusive):
 
@@ -24,7 +24,8 @@ it is GO. A low mean or a low share above zero reads as *too harsh*, a high mean
 perfect scores as *too lenient*, a std above the range as *inconsistent data* (scores scattered:
 similar episodes scored far apart, or a bimodal grader), a std below the range as *no spread* (the
 grader does not separate good from bad episodes). Note that a pass/fail grader has std
-``sqrt(p(1-p))``, above 0.25 for 7% < p < 93%: widen ``stdMax`` for binary graders.
+``sqrt(p(1-p))``, above 0.25 for 7% < p < 93%, and its share of perfect scores is its pass rate:
+give a binary grader ranges of its own (``spec.dryRun.healthyRanges``, ``--ranges``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ import math
 from collections.abc import Iterable
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from lightning_op.api.labeling import HealthyRanges as HealthyRanges  # re-exported: the verdict's ranges
 
 #: scores within this distance of 0 or 1 count as zero or perfect (graders compute floats)
 SCORE_EPSILON = 1e-9
@@ -67,48 +70,6 @@ class DiagnosisCode(StrEnum):
     NO_SPREAD = "NoSpread"
     TOO_FEW_SAMPLES = "TooFewSamples"
     GRADER_ERRORS = "GraderErrors"
-
-
-class HealthyRanges(_Model):
-    """Where dry-run metrics must lie for GO; see the module docstring for the exact boundaries."""
-
-    mean_min: float = Field(default=0.25, ge=0.0, le=1.0)
-    mean_max: float = Field(default=0.65, ge=0.0, le=1.0)
-    std_min: float = Field(default=0.10, ge=0.0, le=0.5)
-    std_max: float = Field(default=0.25, ge=0.0, le=0.5)
-    #: share of scores above zero: below ``fractionAboveZeroNoGo`` is NO-GO, below this is WARNING
-    fraction_above_zero_min: float = Field(default=0.20, ge=0.0, le=1.0)
-    fraction_above_zero_no_go: float = Field(default=0.10, ge=0.0, le=1.0)
-    #: share of perfect scores: above ``fractionPerfectNoGo`` is NO-GO, above this is WARNING
-    fraction_perfect_max: float = Field(default=0.30, ge=0.0, le=1.0)
-    fraction_perfect_no_go: float = Field(default=0.50, ge=0.0, le=1.0)
-    #: fewer scored samples than this is WARNING (none at all is NO-GO)
-    min_samples: int = Field(default=30, ge=1)
-    #: a larger share of samples the grader failed on is WARNING
-    max_failed_fraction: float = Field(default=0.10, ge=0.0, le=1.0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> HealthyRanges:
-        pairs = [
-            ("meanMin", self.mean_min, "meanMax", self.mean_max),
-            ("stdMin", self.std_min, "stdMax", self.std_max),
-            (
-                "fractionAboveZeroNoGo",
-                self.fraction_above_zero_no_go,
-                "fractionAboveZeroMin",
-                self.fraction_above_zero_min,
-            ),
-            (
-                "fractionPerfectMax",
-                self.fraction_perfect_max,
-                "fractionPerfectNoGo",
-                self.fraction_perfect_no_go,
-            ),
-        ]
-        for low_name, low, high_name, high in pairs:
-            if low > high:
-                raise ValueError(f"{low_name} ({low}) must not be greater than {high_name} ({high})")
-        return self
 
 
 class ScoreMetrics(_Model):
@@ -274,7 +235,8 @@ def dry_run_verdict(metrics: ScoreMetrics, ranges: HealthyRanges | None = None) 
             VerdictLevel.WARNING,
             "std",
             f"inconsistent data: scores spread widely (std {std:.2f} > {r.std_max:.2f}); check "
-            "that similar episodes get similar scores, or widen stdMax for a pass/fail grader",
+            "that similar episodes get similar scores, or give a pass/fail grader its own ranges "
+            "(spec.dryRun.healthyRanges, --ranges)",
         )
     elif std < r.std_min - eps:
         add(

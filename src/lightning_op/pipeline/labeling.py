@@ -956,7 +956,7 @@ async def label_batch(
 
     async with _store_thread() as thread:
         if progress is not None:
-            counted = await thread.call(store.count, agent_id, False if unlabeled_only else None)
+            counted = await thread.call(_count_selected, store, query)
             total = counted if limit is None else min(counted, limit)
             report_progress(force=True)
         pages = _read_pages(
@@ -1052,17 +1052,28 @@ async def label_batch(
     return report
 
 
+def _count_selected(store: store_base.EpisodeStore, query: store_base.EpisodeQuery) -> int:
+    """The episodes ``query`` selects: the store's count, or a scan when a time window is set (the
+    count knows agent and labeled only)."""
+    if query.since is None and query.until is None:
+        return store.count(query.agent_id, query.labeled)
+    return sum(1 for _ in store.iter_json(query))
+
+
 async def sample_test(
     store: store_base.EpisodeStore,
     grader: graders_base.Grader,
     agent_id: str,
     size: int = 5,
     *,
+    since: datetime | None = None,
+    until: datetime | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     max_retries: int = DEFAULT_MAX_RETRIES,
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
 ) -> SampleTestResult:
-    """Grade the agent's ``size`` newest episodes, writing nothing: does the grader do what I meant?"""
+    """Grade the agent's ``size`` newest episodes (from ``since`` until ``until``), writing nothing:
+    does the grader do what I meant?"""
     if size < 1:
         raise ValueError(f"sample size must be at least 1, got {size}")
     engine = _engine(
@@ -1076,7 +1087,8 @@ async def sample_test(
         seed=None,
     )
     async with _store_thread() as thread:
-        page = await thread.call(store.query, store_base.EpisodeQuery(agent_id=agent_id, limit=size))
+        query = store_base.EpisodeQuery(agent_id=agent_id, since=since, until=until, limit=size)
+        page = await thread.call(store.query, query)
     graded = await _grade_all(engine, page.items, concurrency)
     return SampleTestResult(
         grader=grader.name, grader_version=grader.version, records=[_record(g) for g in graded]
@@ -1121,6 +1133,7 @@ async def dry_run(
     seed: int = 0,
     unlabeled_only: bool = False,
     since: datetime | None = None,
+    until: datetime | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     requests_per_second: float | None = None,
     tokens_per_minute: float | None = None,
@@ -1129,7 +1142,8 @@ async def dry_run(
     backoff_base_s: float = 0.5,
     backoff_max_s: float = 30.0,
 ) -> DryRunResult:
-    """Grade a seeded random sample WITHOUT writing labels, then compute metrics and the verdict."""
+    """Grade a seeded random sample (of the episodes from ``since`` until ``until``) WITHOUT writing
+    labels, then compute metrics and the verdict (against ``ranges``, the defaults when None)."""
     if sample_size < 1:
         raise ValueError(f"sample size must be at least 1, got {sample_size}")
     ranges = ranges or dryrun.HealthyRanges()
@@ -1144,7 +1158,9 @@ async def dry_run(
         seed=seed,
     )
     started = time.perf_counter()
-    query = store_base.EpisodeQuery(agent_id=agent_id, since=since, labeled=False if unlabeled_only else None)
+    query = store_base.EpisodeQuery(
+        agent_id=agent_id, since=since, until=until, labeled=False if unlabeled_only else None
+    )
     async with _store_thread() as thread:
         sample = await thread.call(_reservoir_sample, store, query, sample_size, seed)
     graded = await _grade_all(engine, sample, concurrency)
