@@ -511,6 +511,31 @@ async def test_cancelling_a_batch_stops_it_promptly(
     assert store.count(AGENT, labeled=True) == 0
 
 
+async def test_labels_graded_before_a_cancel_are_written(
+    store: store_base.EpisodeStore, judge: Callable[..., Any]
+) -> None:
+    """An operator that stops (or a RewardLabeling deleted) cancels the run: the labels already
+    graded, still in the write buffer (up to ``write_batch_size``), reach the store all the same."""
+    store.insert_many(make_episodes(20, marks={i: "HANG" for i in range(12, 20)}))
+
+    def rule(request: js.JudgeRequest) -> js.Fault | None:
+        return js.Fault.HANG if "HANG" in request.prompt else None
+
+    server = await judge(faults=js.Faults(rule=rule))
+    batch = asyncio.ensure_future(
+        labeling.label_batch(store, judge_grader(server), agent_id=AGENT, timeout_s=30, concurrency=4)
+    )
+    deadline = time.monotonic() + 10
+    while server.stats.outcomes["scored"] < 12 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+
+    assert store.count(AGENT, labeled=True) == 12
+
+
 # --- dry run and sample test ---------------------------------------------------------------------
 
 

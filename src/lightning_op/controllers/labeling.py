@@ -5,11 +5,12 @@ sample test (``SampleTested``, records in ``status.sample``), labeling (``Labeli
 every ``LIGHTNING_LABELING_POLL_SECONDS``), dry run (``Completed`` with scores, verdict, diagnosis).
 ``Once`` mode then waits for a spec change; ``Continuous`` labels again every ``intervalSeconds``.
 
-Why a daemon in the operator rather than a Job with the operator image: no second image, Job or
-RBAC plumbing, and nothing to carry the store's credentials into another pod; the store is the
-durable progress (every label is written as it is graded, and ``label_batch`` skips episodes this
-grader version already labeled), so an operator restart just re-enters the daemon, which resumes at
-the stage the status names (``pipeline.labeling_flow.resume_point``).
+Why a daemon in the operator rather than a Job with the operator image: no second image, Job or RBAC
+plumbing, and nothing to carry the store's credentials into another pod; the store is the durable
+progress (labels are written every ``LABEL_WRITE_BATCH`` gradings and, when the daemon is stopped,
+before it stops; ``label_batch`` skips episodes this grader version already labeled), so an operator
+restart just re-enters the daemon, which resumes at the stage the status names
+(``pipeline.labeling_flow.resume_point``).
 
 The grader spec is checked when the daemon starts and on every spec change: a bad grader is phase
 Failed with a condition naming the field (``spec.grader.reference: required``), and the daemon waits
@@ -55,6 +56,8 @@ RESOURCE = (constants.GROUP, constants.VERSION, PLURAL)
 ENV_POLL = "LIGHTNING_LABELING_POLL_SECONDS"
 #: how often labeling progress is written, and a waiting daemon looks for a spec change
 POLL_SECONDS = common.env_seconds(ENV_POLL, 5.0)
+#: labels per store write while labeling (the CLI's label-batch writes 1,000 at a time)
+LABEL_WRITE_BATCH = 100
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=2.0)
@@ -199,6 +202,9 @@ async def _label_and_dry_run(
             until=spec.selector.until,
             concurrency=spec.concurrency,
             progress=latest.append,
+            # labels reach the store (and status.labeled) every LABEL_WRITE_BATCH gradings, not
+            # every 1,000: a judge grades a few a second
+            write_batch_size=LABEL_WRITE_BATCH,
         )
     finally:
         progress_task.cancel()

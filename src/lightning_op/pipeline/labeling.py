@@ -1026,6 +1026,13 @@ async def label_batch(
             if limit != 0:
                 with contextlib.suppress(_BackendDown):
                     await _run_workers(feed.next, handle, engine, concurrency)
+        except BaseException:
+            # Cancelled (an operator shutdown, the object deleted) or failed: the labels already
+            # graded are written all the same, not thrown away with the judge calls they cost.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(writer.close())
+            raise
+        else:
             await writer.close()
         finally:
             await feed.aclose()

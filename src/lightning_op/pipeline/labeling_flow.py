@@ -3,10 +3,10 @@ stage reports (sample records, labeling progress, score statistics, verdict and 
 
 A run is: sample test (a few episodes graded, nothing written; ``SampleTested``), labeling
 (``pipeline.labeling.label_batch`` over the store; ``Labeling``), then the dry run (``Completed`` with
-``scores``, ``verdict`` and ``diagnosis``). The store is the durable progress: every label is
-written as it is graded, and ``label_batch`` skips episodes this grader version already labeled, so
-a run interrupted anywhere resumes by running its stage again (``resume_point``). ``Continuous``
-mode labels again every ``intervalSeconds`` (no new sample test).
+``scores``, ``verdict`` and ``diagnosis``). The store is the durable progress: labels are written in
+small batches (and those graded before a stop, at the stop), and ``label_batch`` skips episodes this
+grader version already labeled, so a run interrupted anywhere resumes by running its stage again
+(``resume_point``). ``Continuous`` mode labels again every ``intervalSeconds`` (no new sample test).
 
 Pure functions over the spec, the status and the pipeline's results; the controller does the I/O.
 Talks to ``api`` (RewardLabeling models, conditions), ``graders`` (spec validation) and
