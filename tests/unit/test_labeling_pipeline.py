@@ -180,6 +180,10 @@ async def test_limit_counts_only_graded_episodes(store: store_base.EpisodeStore)
     store.insert_many(make_episodes(30))
 
     first = await labeling.label_batch(store, rule_grader(), agent_id=AGENT, limit=10)
+    oldest = {
+        e.state.query for e in store.iter_episodes(store_base.EpisodeQuery(agent_id=AGENT, labeled=True))
+    }
+    assert oldest == {f"question {i}" for i in range(10)}, "the limit takes the oldest, as documented"
     second = await labeling.label_batch(store, rule_grader(), agent_id=AGENT, limit=10, unlabeled_only=True)
     third = await labeling.label_batch(store, rule_grader(), agent_id=AGENT, limit=100)
 

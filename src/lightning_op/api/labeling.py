@@ -79,7 +79,8 @@ class EpisodeSelector(ApiModel):
     )
     until: SpecTime | None = Field(default=None, description="Only episodes before this time (RFC 3339).")
     limit: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
-        default=None, description="Label at most this many episodes (newest first)."
+        default=None,
+        description="Label at most this many episodes, oldest first (narrow with since for recent ones).",
     )
 
     @model_validator(mode="after")

@@ -282,7 +282,12 @@ def test_grader(
     metavar="0..1",
     help="Write only scores at least this high; lower ones stay unlabeled for review.",
 )
-@click.option("--limit", default=None, metavar="N", help="Grade at most N episodes.")
+@click.option(
+    "--limit",
+    default=None,
+    metavar="N",
+    help="Grade at most N episodes, oldest first (narrow with --since for recent ones).",
+)
 @click.option("--unlabeled-only", is_flag=True, help="Only episodes without a reward yet.")
 @click.option(
     "--since", default=None, metavar="TIME", help="Only episodes from TIME on: ISO 8601 or an age (6h)."

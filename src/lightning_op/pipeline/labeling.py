@@ -878,7 +878,7 @@ async def label_batch(
 ) -> LabelingReport:
     """Grade an agent's episodes and write the scores as labels; see the module docstring.
 
-    ``limit`` caps the episodes graded (already-labeled ones skipped do not count). With
+    ``limit`` caps the episodes graded, oldest first (already-labeled ones skipped do not count). With
     ``auto_label=False`` nothing is written: a review pass that only reports. With ``min_score``,
     scores below it are not written either (left unlabeled for a person to review). With
     ``retry_failed`` (default) an episode whose earlier grading by this version failed is graded again
