@@ -11,14 +11,16 @@ fails the object (``SampleTestFailed``), as before. A judge that goes down in th
 labeling gives no verdict (rather than a NO-GO from no scores): the object stays Labeling with
 ``BackendUnavailable`` until the judge answers, and the episodes that failed meanwhile are labeled.
 A judge that goes down right after the sample test stops the labeling early with nothing recorded.
+A spec change during a slow judge's labeling stops that run within a poll (its labels kept).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
-from support.trainer_double import seed_keyword_episodes
+from support.trainer_double import keyword_grader, seed_keyword_episodes
 
 from lightning_op import store as store_mod
 from lightning_op.store import base as store_base
@@ -208,3 +210,43 @@ async def _outage(api: Any, name: str) -> dict[str, Any] | None:
 
 async def _more(server: js.JudgeServer, count: int) -> bool:
     return server.stats.requests >= count
+
+
+async def test_a_spec_change_stops_the_labeling_run_of_the_grader_it_replaced(
+    api: Any, operator_process: Any, store_url: str
+) -> None:
+    """A slow judge labels 300 episodes one at a time (30 s); the user replaces the grader early. The
+    judge's run stops within a poll (its labels so far written, no more judge calls, no verdict for
+    it) and the new grader labels the rest and gives the verdict."""
+    seed_keyword_episodes(store_url, "bot", per_level=100)
+    server = js.JudgeServer(latency_ms=100)
+    async with server as base_url:
+        await operator_process.start()
+        body = _manifest("rl", base_url)
+        body["spec"]["concurrency"] = 1
+        await api.create(body)
+        await api.wait_for_phase("RewardLabeling", "rl", "Labeling", timeout=30)
+        await api.wait_for(lambda: _more(server, 20), timeout=20, what="the judge labeling")
+
+        replace = {"op": "replace", "path": "/spec/grader", "value": keyword_grader()}
+        await api.patch("RewardLabeling", "rl", [replace])
+        obj = await api.wait_for_phase("RewardLabeling", "rl", "Completed", timeout=30)
+        calls = server.stats.requests
+        assert obj["status"]["observedGeneration"] == 2
+        labeled_by_keywords = obj["status"]["labeled"]
+        await asyncio.sleep(1.0)
+        assert server.stats.requests == calls, "the judge's run was stopped"
+        assert calls < 150
+
+    store = store_mod.open_store(store_url)
+    try:
+        judged = [
+            e
+            for e in store.iter_episodes(store_base.EpisodeQuery(agent_id="bot"))
+            if any(lb.grader == "helpfulness" for lb in e.labels)
+        ]
+    finally:
+        store.close()
+    assert 0 < len(judged) < 150, "the judge's labels graded before the change were kept"
+    # unlabeledOnly (the default): the keyword grader labeled the episodes the judge had not
+    assert labeled_by_keywords == 300 - len(judged)

@@ -34,7 +34,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 
@@ -56,6 +56,7 @@ RESOURCE = (constants.GROUP, constants.VERSION, PLURAL)
 ENV_POLL = "LIGHTNING_LABELING_POLL_SECONDS"
 #: how often labeling progress is written, and a waiting daemon looks for a spec change
 POLL_SECONDS = common.env_seconds(ENV_POLL, 5.0)
+T = TypeVar("T")
 #: labels per store write while labeling (the CLI's label-batch writes 1,000 at a time)
 LABEL_WRITE_BATCH = 100
 
@@ -152,14 +153,44 @@ async def _run(
                 await _wait_until(body, generation, stopped, _seconds_from_now(_retry_seconds(rt)))
             continue
         with common.timed_reconcile(rt, KIND, "label_and_dry_run"):
-            finished = await _label_and_dry_run(rt, writer, spec, grader, generation)
+            try:
+                finished = await _label_and_dry_run(rt, writer, body, spec, grader, generation)
+            except _SpecChanged:
+                continue  # stopped for the new spec (its labels so far written): the loop ends
         if not finished:  # the grader's backend is down: label (resume) and dry-run again later
             await _wait_until(body, generation, stopped, _seconds_from_now(_retry_seconds(rt)))
+
+
+class _SpecChanged(Exception):
+    """The object's spec changed while a stage ran: the stage was stopped, not finished."""
+
+
+async def _unless_spec_changes(body: kopf.Body, generation: int | None, work: Awaitable[T]) -> T:
+    """Await ``work``, checking every ``POLL_SECONDS`` whether the spec changed: then cancel it (the
+    labels it graded are written as it stops) and raise ``_SpecChanged``, so hours of judge calls
+    for a grader the user already replaced are not spent, nor a verdict written for it."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=POLL_SECONDS)
+            if done:
+                return task.result()
+            if body.meta.get("generation") != generation:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise _SpecChanged()
+    finally:
+        if not task.done():  # we were cancelled (the daemon stops): so is the work
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _label_and_dry_run(
     rt: common.Runtime,
     writer: common.StatusWriter,
+    body: kopf.Body,
     spec: rl.RewardLabelingSpec,
     grader: graders.Grader,
     generation: int | None,
@@ -192,19 +223,23 @@ async def _label_and_dry_run(
     flush = functools.partial(_flush_progress, writer, spec, latest, generation, before)
     progress_task = asyncio.create_task(_every(POLL_SECONDS, flush))
     try:
-        labeled = await labeling_pipeline.label_batch(
-            rt.store,
-            grader,
-            agent_id=str(spec.agent_id),
-            unlabeled_only=spec.selector.unlabeled_only,
-            limit=spec.selector.limit,
-            since=spec.selector.since,
-            until=spec.selector.until,
-            concurrency=spec.concurrency,
-            progress=latest.append,
-            # labels reach the store (and status.labeled) every LABEL_WRITE_BATCH gradings, not
-            # every 1,000: a judge grades a few a second
-            write_batch_size=LABEL_WRITE_BATCH,
+        labeled = await _unless_spec_changes(
+            body,
+            generation,
+            labeling_pipeline.label_batch(
+                rt.store,
+                grader,
+                agent_id=str(spec.agent_id),
+                unlabeled_only=spec.selector.unlabeled_only,
+                limit=spec.selector.limit,
+                since=spec.selector.since,
+                until=spec.selector.until,
+                concurrency=spec.concurrency,
+                progress=latest.append,
+                # labels reach the store (and status.labeled) every LABEL_WRITE_BATCH gradings, not
+                # every 1,000: a judge grades a few a second
+                write_batch_size=LABEL_WRITE_BATCH,
+            ),
         )
     finally:
         progress_task.cancel()
@@ -214,15 +249,19 @@ async def _label_and_dry_run(
     if labeled.backend_down is not None:  # the judge never answered: no dry run against it either
         await writer.hold(generation, Reason.BACKEND_UNAVAILABLE, lflow.labeling_outage_message(labeled))
         return False
-    dry = await labeling_pipeline.dry_run(
-        rt.store,
-        grader,
-        str(spec.agent_id),
-        spec.dry_run.sample_size,
-        spec.dry_run.healthy_ranges,
-        since=spec.selector.since,
-        until=spec.selector.until,
-        concurrency=spec.concurrency,
+    dry = await _unless_spec_changes(
+        body,
+        generation,
+        labeling_pipeline.dry_run(
+            rt.store,
+            grader,
+            str(spec.agent_id),
+            spec.dry_run.sample_size,
+            spec.dry_run.healthy_ranges,
+            since=spec.selector.since,
+            until=spec.selector.until,
+            concurrency=spec.concurrency,
+        ),
     )
     down = labeling_pipeline.backend_down(dry.records)
     if down is not None:  # no verdict from a judge that is down
