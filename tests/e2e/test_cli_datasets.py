@@ -5,8 +5,10 @@ Covers: a build writes chat-format JSONL next to the store (or to ``--output``),
 ``--max-episodes`` and ``--system-prompt``, records a sha256 equal to the file's bytes, splits
 train/validation the same way on every rebuild; ``dataset-info --name`` reads the record back and
 warns when the file changed (exit 1); ``dataset-info --path`` reports a foreign file's bad lines by
-number (exit 1); no matching episodes and bad flags are one-line errors with a non-zero exit; personal
-data planted in episodes is in neither the dataset nor the output.
+number (exit 1); start-training refuses a dataset changed since it was built and a training file
+with bad lines (naming them) before it records a job; no matching episodes and bad flags are one-
+line errors with a non-zero exit; personal data planted in episodes is in neither the dataset nor
+the output.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from click.testing import Result
 from support.dataset_cli import build_json, make_episode, run
 
 from lightning_op.api import episode as ep
+from lightning_op.pipeline import training
 from lightning_op.store import base as store_base
 
 EMAIL = "jane.doe@example.com"
@@ -168,6 +171,39 @@ def test_dataset_info_warns_when_the_file_changed(seeded: str) -> None:
     assert json.loads(result.stdout)["verified"] is False
     assert "changed since it was built" in result.stderr
     assert "rebuild" in result.stderr
+
+
+def _base_model(tmp_path: Path) -> Path:
+    """A directory start-training takes for a model (its checks stop before loading one)."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    return base
+
+
+def test_start_training_refuses_a_dataset_changed_since_it_was_built(
+    seeded: str, tmp_path: Path, store: store_base.EpisodeStore
+) -> None:
+    """The job would train on other rows than its record (and the sha256 it keeps) says."""
+    built = build_json(seeded, "--name", "orders-v1")
+    with open(str(built["path"]), "a") as handle:
+        handle.write('{"messages": [{"role": "user", "content": "new"}]}\n')
+    args = ["--dataset", "orders-v1", "--base-model", str(_base_model(tmp_path)), "--no-wait"]
+    result = run(seeded, "start-training", *args)
+    assert_one_line_error(result, "changed since it was built", "rebuild it with build-dataset")
+    assert store.list_records(training.RECORD_KIND) == [], "no job was recorded"
+
+
+def test_start_training_refuses_a_train_file_with_bad_lines_naming_them(
+    seeded: str, tmp_path: Path, store: store_base.EpisodeStore
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
+    bad.write_text(json.dumps(good) + "\nnot json\n")
+    args = ["--train-file", str(bad), "--base-model", str(_base_model(tmp_path)), "--no-wait"]
+    result = run(seeded, "start-training", *args)
+    assert_one_line_error(result, "training file", "1 bad lines of 2", "line 2")
+    assert store.list_records(training.RECORD_KIND) == [], "no job was recorded"
 
 
 def test_dataset_info_by_path_finds_the_record(seeded: str) -> None:

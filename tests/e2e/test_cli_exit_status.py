@@ -13,8 +13,9 @@ every grading failed, and when the agent has no episodes (a rerun with nothing l
 ``operator`` without a usable kubeconfig exits 1 with one line; ``promote-model --adapter`` needs
 ``--agent-id``, and compare-versions names a promotion that lacks the previous model; a grader file
 that is not UTF-8, empty, not an object, or a directory is named; ``label-batch --limit 0`` is refused
-as in list-episodes; a bare ``lightning-op`` prints its help (exit 0), and an unknown command names
-the program once.
+as in list-episodes; ``get-training-status --watch`` waits with ``-o json`` too and exits 1 for a job
+that failed; a bare ``lightning-op`` prints its help (exit 0), and an unknown command names the
+program once.
 """
 
 from __future__ import annotations
@@ -474,3 +475,40 @@ def test_a_bare_call_prints_help_and_an_unknown_command_names_the_program_once()
     assert bare.stderr == ""
     unknown = one_line_error(lightning_op("nonsense"), "No such command 'nonsense'", code=2)
     assert unknown.count("lightning-op") == 0, unknown
+
+
+def test_watching_a_job_waits_with_json_output_and_exits_1_when_it_failed(tmp_path: Path) -> None:
+    """``get-training-status --watch -o json`` waits for the job (a script reads the finished job), and
+    a job that ends Failed is exit 1, as ``start-training --wait``: here its driver (a process on this
+    host) dies after a second, which the status reports as Failed."""
+    import socket
+    import time
+
+    from lightning_op import store as store_mod
+    from lightning_op.pipeline import training
+
+    url = f"sqlite:///{tmp_path / 'episodes.db'}"
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store = store_mod.open_store(url)
+        job = {"id": "watched", "phase": "Training", "workdir": str(tmp_path / "watched")}
+        job["driver"] = {"pid": driver.pid, "host": socket.gethostname()}
+        store.put_record(training.RECORD_KIND, "watched", job)
+        store.close()
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "lightning_op.cli", "get-training-status", "--store", url]
+            + ["--job", "watched", "--watch", "-o", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(3.0)
+        assert watcher.poll() is None, "it returned before the job finished"
+        driver.kill()
+        driver.wait()
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        driver.kill()
+    assert watcher.returncode == 1, (out, err)
+    assert json.loads(out)["phase"] == "Failed"
+    assert "training job watched failed" in err

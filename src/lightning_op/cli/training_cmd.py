@@ -337,7 +337,7 @@ def _print_status(job: dict[str, Any]) -> None:
     console.print(f"{job['phase']}: {job.get('message') or ''}", highlight=False)
     for warning in job.get("warnings") or []:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-    if result:
+    if result and result.get("bestRound") is not None:
         verdict = "[green]meets[/green]" if result.get("thresholdMet") else "[red]does not meet[/red]"
         console.print(
             f"best round {result.get('bestRound')}: score {_num(result.get('score'), 3)} (baseline "
@@ -371,15 +371,20 @@ def _print_status(job: dict[str, Any]) -> None:
 @click.command("get-training-status")
 @_common.store_option
 @click.option("--job", "job_id", required=True, metavar="ID", help="The job id start-training printed.")
-@click.option("--watch", is_flag=True, help="Follow a running job with a progress bar until it finishes.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Wait until the job finishes (a progress bar with the table output); exit 1 if it failed.",
+)
 @_common.output_option
 @_common.handle_errors
 def get_training_status(store_url: str | None, job_id: str, watch: bool, output: str) -> None:
     """Show a training job: per round and epoch the losses and the held-out score, and the result."""
     with _common.open_store(store_url) as store:
         job = training_mod.get_training_status(store, job_id)
-        if watch and output != "json" and job["phase"] not in FINISHED:
-            with _Watcher(enabled=True) as watcher:
+        if watch and job["phase"] not in FINISHED:
+            # -o json waits too (no bar): a script gets the finished job
+            with _Watcher(enabled=output != "json") as watcher:
                 while job["phase"] not in FINISHED:
                     watcher.update(job)
                     time.sleep(1.0)
@@ -388,6 +393,8 @@ def get_training_status(store_url: str | None, job_id: str, watch: bool, output:
         _common.print_json(job)
     else:
         _print_status(job)
+    if watch and job["phase"] == "Failed":  # as start-training --wait: a script can tell
+        _common.fail(f"training job {job['id']} failed: {job.get('message')}")
 
 
 @click.command("report")

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lightning_op.datasets import validate as dataset_validate
 from lightning_op.store import base as store_base
 from lightning_op.training import backend as backend_mod
 from lightning_op.training import rounds as rounds_mod
@@ -98,7 +99,26 @@ def resolve_dataset(store: store_base.EpisodeStore, name: str) -> tuple[Path, Pa
     if not path:
         raise ValueError(f"dataset {name!r} has no path in its record: rebuild it with build-dataset")
     validation = record.data.get("validationPath")
+    for file, key in ((path, "sha256"), (validation, "validationSha256")):
+        if file:
+            _check_unchanged(name, Path(file), record.data.get(key))
     return Path(path), (Path(validation) if validation else None), dict(record.data)
+
+
+def _check_unchanged(name: str, path: Path, recorded: Any) -> None:
+    """A job trains on the dataset its record describes (and records that sha256): refuse a file
+    changed, or gone, since ``build-dataset`` wrote it."""
+    try:
+        actual = dataset_validate.file_sha256(path)
+    except OSError as exc:
+        raise ValueError(
+            f"dataset {name!r}: {path}: {exc.strerror or exc}; rebuild it with build-dataset"
+        ) from None
+    if recorded and actual != recorded:
+        raise ValueError(
+            f"dataset {name!r}: {path} changed since it was built (sha256 {actual[:12]}..., recorded "
+            f"{str(recorded)[:12]}...): rebuild it with build-dataset, or train on the file with --train-file"
+        )
 
 
 def _grader_spec(grader: str | Mapping[str, Any]) -> str | dict[str, Any]:
@@ -124,6 +144,13 @@ def _existing_file(path: Path, what: str) -> Path:
     return resolved
 
 
+def _check_rows(path: Path, what: str) -> None:
+    """Every line a chat example the trainer reads, checked before a job is recorded and started."""
+    report = dataset_validate.validate_dataset(path)
+    if not report.ok:
+        raise ValueError(f"{what} {report.summary()}: fix those lines or rebuild with build-dataset")
+
+
 def trainer_config(request: TrainingRequest, workdir: Path) -> tuple[dict[str, Any], list[str]]:
     """The trainer config every round of the job shares, and warnings for the user. Validated."""
     from lightning_op.training import config as config_mod
@@ -137,6 +164,13 @@ def trainer_config(request: TrainingRequest, workdir: Path) -> tuple[dict[str, A
         _existing_file(request.validation_file, "validation file") if request.validation_file else None
     )
     eval_file = _existing_file(request.eval_file, "evaluation file") if request.eval_file else validation
+    for file, what in (
+        (train, "training file"),
+        (validation, "validation file"),
+        (eval_file, "evaluation file"),
+    ):
+        if file is not None and (what != "evaluation file" or file not in (train, validation)):
+            _check_rows(file, what)
     if eval_file is None:
         eval_file = train
         warnings.append(
