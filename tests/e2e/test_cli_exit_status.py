@@ -12,10 +12,11 @@ every grading failed, and when the agent has no episodes (a rerun with nothing l
 0); ``dataset-info`` exits 1 after printing when a dataset's files changed or a file has bad lines;
 ``operator`` without a usable kubeconfig exits 1 with one line; ``promote-model --adapter`` needs
 ``--agent-id``, and compare-versions names a promotion that lacks the previous model; a grader file
-that is not UTF-8, empty, not an object, or a directory is named; ``label-batch --limit 0`` is refused
-as in list-episodes; ``get-training-status --watch`` waits with ``-o json`` too and exits 1 for a job
-that failed; a bare ``lightning-op`` prints its help (exit 0), and an unknown command names the
-program once.
+that is not UTF-8, empty, not an object, or a directory is named; ``label-batch --limit 0`` is
+refused as in list-episodes; ``get-training-status --watch`` waits with ``-o json`` too and exits 1
+for a job that failed; compare-versions' limits must be numbers from 0 to 1 (nan refused) and
+``--fail-on failed`` exits 1 after printing; a bare ``lightning-op`` prints its help (exit 0), and
+an unknown command names the program once.
 """
 
 from __future__ import annotations
@@ -512,3 +513,39 @@ def test_watching_a_job_waits_with_json_output_and_exits_1_when_it_failed(tmp_pa
     assert watcher.returncode == 1, (out, err)
     assert json.loads(out)["phase"] == "Failed"
     assert "training job watched failed" in err
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "1.5", "inf"])
+def test_compare_versions_limits_must_be_fractions(seeded: str, value: str) -> None:
+    """A nan limit would pass every comparison (the check switched off without a word)."""
+    result = lightning_op(
+        "compare-versions",
+        "--store",
+        seeded,
+        "--agent-id",
+        "bot",
+        "--before",
+        "a",
+        "--after",
+        "b",
+        "--max-reward-drop",
+        value,
+    )
+    one_line_error(result, "--max-reward-drop", "is not a number from 0 to 1", code=2)
+
+
+def test_compare_versions_fail_on_failed_exits_1_after_printing(
+    store: store_base.EpisodeStore, store_url: str
+) -> None:
+    good = [episode(n, agent="shop", reward=0.9) for n in range(10)]
+    worse = [episode(100 + n, agent="shop", reward=0.2) for n in range(10)]
+    for item in worse:
+        item.model_version = "tuned-v2"
+    store.insert_many([*good, *worse])
+    compare = ("compare-versions", "--store", store_url, "--agent-id", "shop", "--before", "base-v1")
+    args = (*compare, "--after", "tuned-v2", "--min-episodes", "5", "-o", "json")
+    plain = lightning_op(*args)
+    assert plain.returncode == 0 and json.loads(plain.stdout)["verification"]["status"] == "Failed"
+    gated = lightning_op(*args, "--fail-on", "failed")
+    assert json.loads(gated.stdout)["verification"]["status"] == "Failed", "printed first"
+    one_line_error(gated, "verification is Failed (--fail-on failed)", "average reward fell 0.700")

@@ -78,6 +78,25 @@ def format_only_option(dest: str) -> Callable[[F], F]:
     )
 
 
+class Fraction(click.ParamType[float]):
+    """A number from 0 to 1. ``click.FloatRange`` lets ``nan`` through (every comparison with it is
+    false), which would switch a limit off without a word."""
+
+    name = "fraction"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not 0.0 <= number <= 1.0:  # false for nan too
+            self.fail(f"{value} is not a number from 0 to 1", param, ctx)
+        return number
+
+
+FRACTION = Fraction()
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line reason to stderr and exit non-zero."""
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)

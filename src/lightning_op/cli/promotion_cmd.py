@@ -134,14 +134,14 @@ def promote_model(
 )
 @click.option(
     "--max-reward-drop",
-    type=float,
+    type=_common.FRACTION,
     default=0.05,
     show_default=True,
     help="Verification: a larger drop of the average reward fails.",
 )
 @click.option(
     "--max-error-rate-increase",
-    type=float,
+    type=_common.FRACTION,
     default=0.05,
     show_default=True,
     help="Verification: a larger rise of the error rate fails.",
@@ -152,6 +152,13 @@ def promote_model(
     default=20,
     show_default=True,
     help="Verification: labeled episodes of the new version needed for a verdict.",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["never", "failed", "not-passed"]),
+    default="never",
+    show_default=True,
+    help="Exit 1 (after printing) when the verification failed, or did not pass (also pending): for CI.",
 )
 @_common.output_option
 @_common.handle_errors
@@ -164,6 +171,7 @@ def compare_versions(
     max_reward_drop: float,
     max_error_rate_increase: float,
     min_episodes: int,
+    fail_on: str,
     output: str,
 ) -> None:
     """Compare live episodes of two model versions: average reward, error rate, episodes."""
@@ -191,7 +199,16 @@ def compare_versions(
     )
     if output == "json":
         _common.print_json({**comparison.to_json_dict(), "verification": verdict.to_json_dict()})
-        return
+    else:
+        _print_comparison(agent_id, comparison, verdict)
+    status = verdict.status
+    if (fail_on == "failed" and status is promotion.VerdictStatus.FAILED) or (
+        fail_on == "not-passed" and status is not promotion.VerdictStatus.PASSED
+    ):
+        _common.fail(f"verification is {status.value} (--fail-on {fail_on}): {verdict.message}")
+
+
+def _print_comparison(agent_id: str, comparison: promotion.Comparison, verdict: promotion.Verdict) -> None:
 
     rows: list[tuple[str, str, int | str, int | str, str, str]] = [
         (
