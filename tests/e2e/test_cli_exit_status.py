@@ -11,12 +11,13 @@ never starts more workers than there are episodes; ``label-batch`` and ``test-gr
 every grading failed, and when the agent has no episodes (a rerun with nothing left to grade is exit
 0); ``dataset-info`` exits 1 after printing when a dataset's files changed or a file has bad lines;
 ``operator`` without a usable kubeconfig exits 1 with one line; ``promote-model --adapter`` needs
-``--agent-id``, and compare-versions names a promotion that lacks the previous model; a grader file
-that is not UTF-8, empty, not an object, or a directory is named; ``label-batch --limit 0`` is
-refused as in list-episodes; ``get-training-status --watch`` waits with ``-o json`` too and exits 1
-for a job that failed; compare-versions' limits must be numbers from 0 to 1 (nan refused) and
-``--fail-on failed`` exits 1 after printing; a bare ``lightning-op`` prints its help (exit 0), and
-an unknown command names the program once.
+``--agent-id``, and compare-versions compares a promotion that lacks the previous model with the
+version seen last besides it, and names that promotion when there is none; a grader file that is not
+UTF-8, empty, not an object, or a directory is named; ``label-batch --limit 0`` is refused as in
+list-episodes; ``get-training-status --watch`` waits with ``-o json`` too and exits 1 for a job that
+failed; compare-versions' limits must be numbers from 0 to 1 (nan refused) and ``--fail-on failed``
+exits 1 after printing; a bare ``lightning-op`` prints its help (exit 0), and an unknown command
+names the program once.
 """
 
 from __future__ import annotations
@@ -388,20 +389,27 @@ def test_promote_model_adapter_needs_an_agent_and_compare_versions_names_the_par
     record = json.loads(promoted.stdout)
     assert record["agentId"] == "bot" and record["previousModel"] is None
 
+    # no previous model recorded: the promoted one against the version seen last besides it
+    for extra in ((), ("--before", "base-v1")):
+        compared = lightning_op(
+            "compare-versions", "--store", seeded, "--agent-id", "bot", *extra, "-o", "json"
+        )
+        assert compared.returncode == 0, compared.stderr
+        data = json.loads(compared.stdout)
+        assert (data["before"]["modelVersion"], data["after"]["modelVersion"]) == (
+            "base-v1",
+            record["promotedModel"],
+        )
+    # ... and with no other version seen, the error names the promotion and asks for --before
+    lonely = lightning_op(
+        "promote-model", "--store", seeded, "--adapter", str(adapter), "--agent-id", "lonely", "-o", "json"
+    )
     message = one_line_error(
-        lightning_op("compare-versions", "--store", seeded, "--agent-id", "bot"), record["id"]
+        lightning_op("compare-versions", "--store", seeded, "--agent-id", "lonely"),
+        json.loads(lonely.stdout)["id"],
     )
     assert "does not record the previous model" in message and "--before" in message
     assert "no promotion" not in message
-    compared = lightning_op(
-        "compare-versions", "--store", seeded, "--agent-id", "bot", "--before", "base-v1", "-o", "json"
-    )
-    assert compared.returncode == 0, compared.stderr
-    data = json.loads(compared.stdout)
-    assert (data["before"]["modelVersion"], data["after"]["modelVersion"]) == (
-        "base-v1",
-        record["promotedModel"],
-    )
 
     narrow = lightning_op(
         "promote-model", "--store", seeded, "--adapter", str(adapter), "--agent-id", "bot",

@@ -97,6 +97,19 @@ def test_default_versions_come_from_the_latest_promotion(store: store_base.Episo
     assert (comparison.before.model_version, comparison.after.model_version) == ("v1", "v2")
 
 
+def test_a_promotion_without_its_previous_model_compares_the_promoted_one(
+    store: store_base.EpisodeStore,
+) -> None:
+    """``promote-model`` with no server to ask could not record the previous model: the promoted one
+    is still compared, with the version seen last besides it (not the two newest versions)."""
+    add(store, "v1", [1.0])
+    add(store, "tuned", [0.0], start=10)
+    add(store, "canary", [1.0], start=20)
+    promotion.promote(store, adapter="/adapters/tuned", agent_id="agent-a", model_name="tuned")
+    comparison = promotion.compare_versions(store, "agent-a")
+    assert (comparison.before.model_version, comparison.after.model_version) == ("canary", "tuned")
+
+
 def test_default_versions_without_a_promotion_are_the_two_latest_seen(store: store_base.EpisodeStore) -> None:
     add(store, "v1", [1.0])
     add(store, "v2", [1.0], start=10)

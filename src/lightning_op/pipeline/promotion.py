@@ -159,11 +159,18 @@ class Comparison:
 def default_versions(
     store: store_base.EpisodeStore, agent_id: str, stats: Mapping[str, VersionStats]
 ) -> tuple[str, str]:
-    """Versions to compare when none were named: the agent's latest promotion (previous -> promoted),
-    else its two most recently seen versions (older one first)."""
+    """Versions to compare when none were named: the agent's latest promotion (previous -> promoted;
+    a promotion that could not record the previous model compares the promoted one with the version
+    seen last besides it, as the operator's verification does), else its two most recently seen
+    versions (older one first)."""
     latest = latest_promotion(store, agent_id=agent_id)
-    if latest is not None and latest.get("previousModel") and latest.get("promotedModel"):
-        return str(latest["previousModel"]), str(latest["promotedModel"])
+    promoted = str(latest.get("promotedModel") or "") if latest is not None else ""
+    if latest is not None and latest.get("previousModel") and promoted:
+        return str(latest["previousModel"]), promoted
+    if promoted:
+        others = _by_last_seen(stats, besides=promoted)
+        if others:
+            return others[-1].model_version, promoted
     seen = _by_last_seen(stats)
     if len(seen) < 2:
         names = ", ".join(s.model_version for s in stats.values()) or "none"
