@@ -529,6 +529,9 @@ def test_a_job_deleted_mid_round_is_created_again_to_resume_from_its_checkpoint(
     step = run(spec(), status, round=round_seen(1, flow.JobState.MISSING, lines(terminated)))
     assert step.create_round == flow.RoundPlan(1, 0.001, None)
     assert step.status.phase == ft.FineTunePhase.TRAINING
+    loading = {"event": "failed", "reason": "Terminated", "message": "SIGTERM", "resumable": False}
+    fresh = run(spec(), status, round=round_seen(1, flow.JobState.MISSING, lines(loading)))
+    assert fresh.create_round == flow.RoundPlan(1, 0.001, None), "stopped before a checkpoint: afresh"
     diverged = {"event": "failed", "reason": "Diverged", "message": "loss is NaN", "resumable": False}
     gone = run(spec(), status, round=round_seen(1, flow.JobState.MISSING, lines(diverged)))
     assert gone.status.phase == ft.FineTunePhase.FAILED and gone.create_round is None
@@ -604,6 +607,27 @@ def test_failed_restarts_on_a_spec_change_only_when_nothing_ran() -> None:
     late = training_status(phase="Failed", baseline={"score": 0.3})
     assert flow.is_terminal(late, 2)
     assert flow.decide(spec(), late, observed(generation=2)).status == late
+
+
+def test_a_restart_checks_the_gate_again() -> None:
+    """The failed job passed its gate under the old spec; the new spec may name another
+    RewardLabeling. GatePassed is said False (conditions are merged when written, so leaving it out
+    would keep the old True) and the job waits for the gate, not the dataset."""
+    s = spec(gate={"labelingRef": {"name": "rl-new"}})
+    failed = ft.FineTuneJobStatus.model_validate(
+        {
+            "phase": "Failed",
+            "observedGeneration": 1,
+            "conditions": [
+                {"type": "GatePassed", "status": "True", "reason": "GatePassed", "message": "old",
+                 "lastTransitionTime": "2026-03-01T11:00:00Z"},
+            ],
+        }
+    )  # fmt: skip
+    step = flow.decide(s, failed, observed(generation=2))
+    gate = condition(step.status, "GatePassed")
+    assert (gate.status, gate.message) == ("False", "the spec changed: checking the gate again")
+    assert step.status.phase == ft.FineTunePhase.WAITING_FOR_GATE
 
 
 def test_azure_backend_is_not_implemented() -> None:

@@ -73,6 +73,8 @@ class Reason(enum.StrEnum):
     INVALID_SPEC = "InvalidSpec"
     BACKEND_UNAVAILABLE = "BackendUnavailable"
     STORE_UNAVAILABLE = "StoreUnavailable"
+    #: an unexpected error stops the reconcile (no model volume, a full disk); retried
+    RECONCILE_ERROR = "ReconcileError"
     # EpisodeCapture and ModelPromotion targets
     TARGET_NOT_FOUND = "TargetNotFound"
     CONTAINER_NOT_FOUND = "ContainerNotFound"

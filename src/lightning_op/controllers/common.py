@@ -475,7 +475,7 @@ def store_outage(status: Mapping[str, Any]) -> str | None:
 
 
 #: ``Ready`` reasons of an outage something else has to end (the episode store, a grader's backend)
-OUTAGE_REASONS = frozenset({Reason.STORE_UNAVAILABLE, Reason.BACKEND_UNAVAILABLE})
+OUTAGE_REASONS = frozenset({Reason.STORE_UNAVAILABLE, Reason.BACKEND_UNAVAILABLE, Reason.RECONCILE_ERROR})
 
 
 def outage(status: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -168,18 +168,21 @@ async def _tick(
     started = time.monotonic()
     outcome = "ok"
     try:
+        status = finetune.parse_status({"status": writer.current})
+        if flow.is_terminal(status, generation):
+            return math.inf  # finished: a spec edit (valid or not) changes nothing
         try:
             spec = finetune.parse_spec(body)
             flow.check_evaluation_grader(spec)
         except SpecError as exc:
             outcome = "failed"
-            await writer.write(generation, common.FAILED, Reason.INVALID_SPEC, f"invalid spec: {exc}")
+            await _refuse_spec(writer, status, generation, exc)
             return math.inf  # until the spec changes: no retries
-        status = finetune.parse_status({"status": writer.current})
-        if flow.is_terminal(status, generation):
-            return math.inf
         observed = await _observe(rt, body, spec, status)
         step = flow.decide(spec, status, observed)
+        if writer.held is not None and writer.held[0] == Reason.RECONCILE_ERROR:
+            writer.release()  # this tick went through
+        flow.ready_again(step, observed)  # Ready says what the phase says again
         try:
             await _act(rt, body, spec, step)
         except k8s.QuotaExceeded as exc:
@@ -212,17 +215,57 @@ async def _tick(
         reason = "ApiRejected" if isinstance(exc, k8s.Invalid) else Reason.INVALID_SPEC
         await writer.write(generation, common.FAILED, reason, str(exc))
         return math.inf
-    except Exception:
+    except Exception as exc:
         outcome = "error"
-        log.exception(
-            "FineTuneJob %s/%s: reconcile failed; retrying in %ss",
-            body.meta.namespace,
-            body.meta.name,
-            rt.config.retry_delay,
-        )
-        return rt.config.retry_delay
+        delay = rt.config.retry_delay
+        if isinstance(exc, kopf.TemporaryError):
+            delay = max(delay, float(exc.delay or 0))
+            log.warning(
+                "FineTuneJob %s/%s: %s; retrying in %ss", body.meta.namespace, body.meta.name, exc, delay
+            )
+        else:
+            log.exception(
+                "FineTuneJob %s/%s: reconcile failed; retrying in %ss",
+                body.meta.namespace,
+                body.meta.name,
+                delay,
+            )
+        await _hold_for_error(writer, generation, exc, delay)
+        return delay
     finally:
         rt.metrics.observe_reconcile(KIND, HANDLER, outcome, time.monotonic() - started)
+
+
+async def _refuse_spec(
+    writer: common.StatusWriter, status: finetune.FineTuneJobStatus, generation: int | None, exc: SpecError
+) -> None:
+    """An invalid spec fails a job that has not run a trainer yet; one that has (its Jobs may be
+    running) keeps its phase, ``Ready`` saying what to fix, and goes on once the spec is valid again."""
+    message = f"invalid spec: {exc}"
+    if flow.can_restart(status) or status.phase is None:
+        await writer.write(generation, common.FAILED, Reason.INVALID_SPEC, message)
+        return
+    await writer.write(
+        generation,
+        str(status.phase),
+        Reason.INVALID_SPEC,
+        f"{message}; the job stays {status.phase} (a running round goes on) until the spec is valid again",
+    )
+
+
+async def _hold_for_error(
+    writer: common.StatusWriter, generation: int | None, exc: Exception, delay: float
+) -> None:
+    """Show an unexpected error in ``Ready`` (reason ``ReconcileError``) until a tick goes through:
+    a job that cannot go on (no model volume, a full disk) says why instead of a phase that looks
+    like progress. Best effort: the API server may be what failed."""
+    message = f"{type(exc).__name__}: {exc}"[:900] + f" (trying again every {delay:g}s)"
+    try:
+        if not writer.current.get("phase"):
+            await writer.write(generation, finetune.FineTunePhase.PENDING, Reason.RECONCILE_ERROR, message)
+        await writer.hold(generation, Reason.RECONCILE_ERROR, message)
+    except Exception as write_error:  # noqa: BLE001 - the error above is the one to report
+        log.warning("FineTuneJob: could not show the error in status: %s", write_error)
 
 
 async def _wait_for_quota(

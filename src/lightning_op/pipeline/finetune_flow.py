@@ -455,10 +455,10 @@ def is_terminal(status: ft.FineTuneJobStatus, generation: int | None) -> bool:
         return True
     if status.phase != ft.FineTunePhase.FAILED:
         return False
-    return not _can_restart(status) or generation is None or status.observed_generation == generation
+    return not can_restart(status) or generation is None or status.observed_generation == generation
 
 
-def _can_restart(status: ft.FineTuneJobStatus) -> bool:
+def can_restart(status: ft.FineTuneJobStatus) -> bool:
     """A Failed job restarts on a spec change only if no trainer Job ever ran for it."""
     return not status.rounds and status.baseline is None and status.start_time is None
 
@@ -595,6 +595,25 @@ def _enter(
         status.completion_time = _now(observed)
 
 
+#: ``Ready`` reasons that stand for a problem outside the phase's own work, said until it is gone
+_HELD_READY = frozenset({Reason.RECONCILE_ERROR, Reason.INVALID_SPEC})
+
+
+def ready_again(step: Step, observed: Observed) -> None:
+    """After an error or an invalid spec held ``Ready`` (the phase kept), say what the phase says
+    again once a tick goes through: the ``Progressing`` condition keeps its reason and message."""
+    status = step.status
+    ready = cond.get_condition(status.conditions, ConditionType.READY)
+    progressing = cond.get_condition(status.conditions, ConditionType.PROGRESSING)
+    if ready is None or ready.reason not in _HELD_READY or status.phase in (None, ft.FineTunePhase.FAILED):
+        return
+    reason = progressing.reason if progressing is not None else Reason.RECONCILED
+    message = progressing.message if progressing is not None else str(status.phase)
+    _condition(
+        status, ConditionType.READY, status.phase == ft.FineTunePhase.SUCCEEDED, reason, message, observed
+    )
+
+
 def _copy(status: ft.FineTuneJobStatus) -> ft.FineTuneJobStatus:
     return status.model_copy(deep=True)
 
@@ -605,8 +624,13 @@ def decide(spec: ft.FineTuneJobSpec, status: ft.FineTuneJobStatus, observed: Obs
     if is_terminal(status, observed.generation):
         return step
     if status.phase == ft.FineTunePhase.FAILED:
-        # The spec changed after a failure that came before any trainer ran: start over.
+        # The spec changed after a failure that came before any trainer ran: start over. The gate
+        # too (labelingRef may name another RewardLabeling now): conditions are merged when
+        # written, so GatePassed is said again, not left to the last spec's True.
         step.status = ft.FineTuneJobStatus(conditions=[])
+        if spec.gate.labeling_ref is not None:
+            message = "the spec changed: checking the gate again"
+            _condition(step.status, ConditionType.GATE_PASSED, False, Reason.GATE_WAITING, message, observed)
     step.status.observed_generation = observed.generation
     if spec.backend != ft.Backend.LOCAL:
         message = (
@@ -784,7 +808,13 @@ def _training(spec: ft.FineTuneJobSpec, step: Step, observed: Observed) -> Step:
     job = seen.job
     output = seen.output
     final = output.final if output is not None else None
-    stopped = final is not None and final.get("event") == "failed" and final.get("resumable") is True
+    # SIGTERM (the Job deleted, its node drained) is never the round's end: with a checkpoint the new
+    # pod resumes from it, without one (stopped while loading) it starts the round afresh
+    stopped = (
+        final is not None
+        and final.get("event") == "failed"
+        and (final.get("resumable") is True or final.get("reason") == "Terminated")
+    )
     if job.state == JobState.MISSING and (final is None or stopped):
         # Not created yet, or gone before it finished (deleted by hand, or with its node: the
         # trainer's last word is a SIGTERM checkpoint, "resumable"): create-or-adopt it again; the
