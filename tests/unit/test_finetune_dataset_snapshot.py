@@ -64,3 +64,33 @@ def test_the_snapshot_is_built_once_and_again_only_for_another_spec(
     assert fixed.stats is not None and fixed.episodes == 8
     assert fixed.stats.sha256 != first.stats.sha256
     assert flow.build_snapshot(store, spec(minReward=0.9), tmp_path, LAYOUT).episodes == 8
+
+
+def test_a_finetunejob_with_the_longest_name_builds_its_snapshot(
+    store: store_base.EpisodeStore, tmp_path: Path
+) -> None:
+    """Names (and agent ids, which default to them) run to 253 characters; a file name to 255 bytes.
+    The job's directory and the build's temporary files stay under that."""
+    name = "a" * 253
+    layout = flow.VolumeLayout("demo", name, "0b6a4f7e-1c2d-4e5f-8a9b-0c1d2e3f4a5b")
+    long_spec = ft.FineTuneJobSpec.model_validate(
+        {"agentId": name, "baseModel": "/models/base", "modelVolume": {"claimName": "models"},
+         "dataset": {"minEpisodes": 2}}
+    )  # fmt: skip
+    store.insert_many(
+        [
+            ep.Episode(
+                agent_id=name,
+                session_id=f"s-{i}",
+                timestamp=T0 + timedelta(minutes=i),
+                state=ep.State(query=f"where is order {i}?"),
+                action=ep.Action(tool="lookup_order", arguments={"order": i}),
+                reward=0.9,
+                labeled=True,
+            )
+            for i in range(5)
+        ]
+    )
+    outcome = flow.build_snapshot(store, long_spec, tmp_path, layout)
+    assert outcome.stats is not None and outcome.episodes == 5
+    assert all(len(part) <= 255 for part in layout.root.parts)

@@ -311,7 +311,8 @@ def build_dataset(
     assert target_dir is not None
     made_dir = not target_dir.is_dir()
     target_dir.mkdir(parents=True, exist_ok=True)
-    partial = f".{options.agent_id}.{os.getpid()}.{id(options):x}"
+    # no agent id in the name: with a long one (up to 253 characters) it passed the 255-byte limit
+    partial = f".build.{os.getpid()}.{id(options):x}"
     train = _Sink(target_dir / f"{partial}.train.partial")
     validation: _Sink | None = None
     try:

@@ -99,6 +99,10 @@ class FailureReason(enum.StrEnum):
 # ------------------------------------------------------------------------------------ volume layout
 
 
+#: of a FineTuneJob's name in its directory on the model volume
+MAX_DIR_NAME_CHARS = 200
+
+
 @dataclass(frozen=True)
 class VolumeLayout:
     """Where one FineTuneJob's files live on the model volume, as paths relative to its root.
@@ -118,7 +122,9 @@ class VolumeLayout:
 
     @property
     def root(self) -> PurePosixPath:
-        return PurePosixPath(VOLUME_ROOT, self.namespace, f"{self.name}-{self.uid[:8]}")
+        # a name is up to 253 characters, a directory name 255 bytes: a long one is cut (the uid
+        # prefix keeps it unique)
+        return PurePosixPath(VOLUME_ROOT, self.namespace, f"{self.name[:MAX_DIR_NAME_CHARS]}-{self.uid[:8]}")
 
     @property
     def dataset(self) -> PurePosixPath:
