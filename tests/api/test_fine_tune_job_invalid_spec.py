@@ -58,7 +58,7 @@ async def test_failed_until_fixed(api: Any, operator_process: Any, store_url: st
     assert _failed(obj)["reason"] == "NotEnoughEpisodes"
     assert _failed(obj)["message"] == (
         "dataset has 3 episodes with reward >= 0.7, need at least 10 "
-        "(lower spec.dataset.minReward or label more episodes)"
+        "(lower spec.dataset.minReward, or label more episodes, then edit the spec to start again)"
     )
     assert (await api.events("few"))[-1]["type"] == "Warning"
     obj = await api.wait_for_phase("FineTuneJob", "grader", "Failed")

@@ -336,7 +336,7 @@ def test_too_few_episodes_fails_with_what_to_change() -> None:
     assert failed.reason == "NotEnoughEpisodes"
     assert failed.message == (
         "dataset has 3 episodes with reward >= 0.7, need at least 10 "
-        "(lower spec.dataset.minReward or label more episodes)"
+        "(lower spec.dataset.minReward, or label more episodes, then edit the spec to start again)"
     )
     assert step.transition is not None and step.transition.event_type == "Warning"
     empty = run(spec(), building, dataset=flow.DatasetOutcome(error="no episodes"))

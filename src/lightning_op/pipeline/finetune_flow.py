@@ -714,7 +714,8 @@ def _before_training(spec: ft.FineTuneJobSpec, step: Step, observed: Observed) -
     if outcome.stats is None or count < minimum:
         message = (
             f"dataset has {count} episodes with reward >= {spec.dataset.min_reward:g}, need at least "
-            f"{minimum} (lower spec.dataset.minReward or label more episodes)"
+            f"{minimum} (lower spec.dataset.minReward, or label more episodes, then edit the spec to "
+            "start again)"
         )
         if outcome.error and outcome.stats is None and count:
             message = f"{message}: {outcome.error}"
