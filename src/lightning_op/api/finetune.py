@@ -11,11 +11,12 @@ and ranges match ``training.config.Hyperparameters``. This module holds only the
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lightning_op.api.common import (
     AgentId,
@@ -193,6 +194,21 @@ class TaintEffect(enum.StrEnum):
     NO_EXECUTE = "NoExecute"
 
 
+#: a label key: an optional DNS-subdomain prefix and "/", then a name of up to 63 characters
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+#: a label value: empty, or up to 63 characters starting and ending alphanumeric
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# a CRD schema cannot constrain a map's keys: CEL does, as the API server's Pod validation would
+_LABEL_KEYS_RULE = cel_rule(
+    f"self.all(k, k.matches('{LABEL_KEY_PATTERN.replace(chr(92), chr(92) * 2)}'))",
+    "every key must be a label key (an optional prefix/ and a name of up to 63 letters, digits, "
+    "'-', '_' or '.')",
+)
+
+
 class Toleration(ApiModel):
     """A Pod toleration for the trainer (as in a Pod spec)."""
 
@@ -202,7 +218,17 @@ class Toleration(ApiModel):
                 "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
                 "value must be empty when operator is Exists",
                 field_path=".value",
-            )
+            ),
+            cel_rule(
+                "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                "operator must be Exists when key is empty (a toleration of every taint)",
+                field_path=".operator",
+            ),
+            cel_rule(
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                "tolerationSeconds needs effect NoExecute",
+                field_path=".tolerationSeconds",
+            ),
         )
     )
 
@@ -221,9 +247,16 @@ class Toleration(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _exists_has_no_value(self) -> Toleration:
+    def _as_the_api_server_checks(self) -> Toleration:
+        # the Pod validation a trainer Job would meet: refused here, not when a round's Job is made
         if self.operator == TolerationOperator.EXISTS and self.value:
             raise FieldValueError("value", "value must be empty when operator is Exists")
+        if not self.key and self.operator != TolerationOperator.EXISTS:
+            raise FieldValueError(
+                "operator", "operator must be Exists when key is empty (a toleration of every taint)"
+            )
+        if self.toleration_seconds is not None and self.effect != TaintEffect.NO_EXECUTE:
+            raise FieldValueError("tolerationSeconds", "tolerationSeconds needs effect NoExecute")
         return self
 
 
@@ -246,9 +279,10 @@ class ResourcesSpec(ApiModel):
         default=None, description='CPU request and limit (a quantity string: "4", "500m").'
     )
     memory: Quantity | None = Field(default=None, description='Memory request and limit ("24Gi").')
-    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] = Field(
-        default_factory=dict, description="Node labels the trainer Pod must match."
-    )
+    node_selector: Annotated[
+        dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]],
+        Field(max_length=32, json_schema_extra=cel_rules(_LABEL_KEYS_RULE)),
+    ] = Field(default_factory=dict, description="Node labels the trainer Pod must match.")
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(
         default_factory=list,
         description="Tolerations for the trainer Pod (GPU node pools are often tainted).",
@@ -260,6 +294,14 @@ class ResourcesSpec(ApiModel):
             "image with, as a Pod's imagePullSecrets: the trainer image in a private registry."
         ),
     )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [key for key in value if len(key) > 317 or not re.fullmatch(LABEL_KEY_PATTERN, key)]
+        if bad:
+            raise ValueError(f"not a label key: {', '.join(repr(k) for k in bad[:3])}")
+        return value
 
 
 class ModelVolume(ApiModel):
