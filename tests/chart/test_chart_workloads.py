@@ -118,6 +118,9 @@ def test_operator_gets_store_collector_trainer_and_models(rendered: Any) -> None
             assert spec["storageClassName"] == rendered.values["models"]["persistence"]["storageClass"]
     else:
         assert _flag(container["args"], "--models-dir") is None and "models" not in mounts
+        # the operator image sets LIGHTNING_MODELS_DIR=/models: emptied, so the operator says it
+        # has no models directory instead of writing to a read-only /models
+        assert env["LIGHTNING_MODELS_DIR"]["value"] == ""
 
 
 def test_store_is_sqlite_on_one_claim(rendered: Any) -> None:

@@ -208,3 +208,13 @@ def test_capture_env_patch_carries_the_redaction_and_its_removal_takes_it_away(
     disabled = capture_spec(spec_redaction).model_copy(update={"enabled": False})
     for desired in (capture_sync.capture_env(disabled, "http://c:8080"), capture_sync.removal_env()):
         assert app_env(apply(enabled, workload_env.env_patch(enabled, "agent", desired))) == BASE_ENV
+
+
+@pytest.mark.parametrize("rate", [0.9999999, 0.3333333333, 0.25, 1.0, 0.0])
+def test_the_sampling_rate_reaches_the_capture_client_exactly(rate: float) -> None:
+    """EPISODE_SAMPLING_RATE carries every digit of spec.samplingRate: six significant digits made
+    0.9999999 into 1 (everything captured)."""
+    body = {"metadata": {"name": "shop"}, "spec": {"targetRef": {"name": "agent"}, "samplingRate": rate}}
+    env = capture_sync.capture_env(capture.parse_spec(body), "http://c:8080")
+    recorder = capture_client.EpisodeRecorder.from_env({k: v for k, v in env.items() if v is not None})
+    assert recorder.sampling_rate == rate

@@ -49,7 +49,8 @@ def capture_env(spec: capture.EpisodeCaptureSpec, default_collector_url: str) ->
         constants.ENV_ENABLE_CAPTURE: "true",
         constants.ENV_COLLECTOR_URL: spec.collector_url or default_collector_url,
         constants.ENV_AGENT_ID: str(spec.agent_id),
-        constants.ENV_SAMPLING_RATE: format(spec.sampling_rate, "g"),
+        # repr: every digit ("g" made 0.9999999 into "1", capturing everything)
+        constants.ENV_SAMPLING_RATE: repr(float(spec.sampling_rate)),
         **redaction_env(spec.redaction),
     }
 
