@@ -318,3 +318,25 @@ def test_env_the_chart_sets_is_read_by_the_code(rendered: Any, repo_root: Path) 
             for var in container.get("env", []):
                 if var["name"] not in extra:
                     assert f'"{var["name"]}"' in source, f"{name}: {var['name']} is read nowhere in src/"
+
+
+def test_a_users_pod_affinity_is_kept_beside_the_sqlite_pinning(render: Any) -> None:
+    """With store.type sqlite the chart adds a required podAffinity term (the operator's node) to
+    the collector's: the user's own podAffinity terms, preferred and required, stay."""
+    mine = {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "topology.kubernetes.io/zone"}
+    preferred = [{"weight": 50, "podAffinityTerm": mine}]
+    values = {
+        "collector": {
+            "affinity": {
+                "podAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": preferred,
+                    "requiredDuringSchedulingIgnoredDuringExecution": [mine],
+                }
+            }
+        }
+    }
+    pod_affinity = _collector(render(values))["spec"]["template"]["spec"]["affinity"]["podAffinity"]
+    assert pod_affinity["preferredDuringSchedulingIgnoredDuringExecution"] == preferred
+    required = pod_affinity["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required[0] == mine and len(required) == 2
+    assert required[1]["topologyKey"] == "kubernetes.io/hostname"
