@@ -11,12 +11,14 @@ another Deployment removes the variables from the first and sets them on the sec
 false`` removes exactly those variables (phase Disabled, Event), re-enabling sets them again; deleting
 the object removes them and the finalizer lets the object go. A missing Deployment is phase Pending
 with a TargetNotFound condition and recovers once the Deployment appears, with retries spaced by the
-retry delay (no storm).
+retry delay (no storm). With no container in the spec, the env follows the container that has it
+(``status.container``) when a sidecar is put first: disable, enable and delete leave the sidecar alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -197,3 +199,44 @@ def _deployment_gets(api: Any) -> int:
         for r in api.emulator.history
         if r.method == "GET" and r.resource is not None and r.resource.plural == "deployments" and r.name
     )
+
+
+async def test_the_capture_env_follows_its_container_when_a_sidecar_is_put_first(api, operator, objects):
+    """No container in the spec: the env goes to the first container (agent) and status.container
+    records it. A new release puts a sidecar first; disabling (and re-enabling, and deleting) acts on
+    the container that has the env, never on the sidecar that is first now."""
+    await api.create(objects.agent_deployment())
+    capture = copy.deepcopy(CAPTURE)
+    del capture["spec"]["targetRef"]["container"]
+    await api.create(capture)
+    obj = await api.wait_for_phase("EpisodeCapture", "support-bot", "Active")
+    assert obj["status"]["container"] == "agent"
+
+    sidecar = {"name": "otel", "image": "registry.example/otel:1", "env": [{"name": "OTEL", "value": "1"}]}
+    await api.patch(
+        "Deployment", "agent", [{"op": "add", "path": "/spec/template/spec/containers/0", "value": sidecar}]
+    )
+
+    def capture_vars(deployment, container):
+        return [e["name"] for e in objects.container_env(deployment, container) if e["name"] in CAPTURE_VARS]
+
+    await api.patch("EpisodeCapture", "support-bot", {"spec": {"enabled": False}})
+    await api.wait_for_phase("EpisodeCapture", "support-bot", "Disabled")
+    deployment = await api.get("Deployment", "agent")
+    assert capture_vars(deployment, "agent") == [] and capture_vars(deployment, "otel") == []
+
+    await api.patch("EpisodeCapture", "support-bot", {"spec": {"enabled": True}})
+    obj = await api.wait_for_phase("EpisodeCapture", "support-bot", "Active")
+    deployment = await api.get("Deployment", "agent")
+    assert obj["status"]["container"] == "agent"
+    assert capture_vars(deployment, "agent") and capture_vars(deployment, "otel") == []
+
+    await api.delete("EpisodeCapture", "support-bot")
+
+    async def gone():
+        return await api.get("EpisodeCapture", "support-bot") is None
+
+    await api.wait_for(gone, what="the EpisodeCapture to be deleted")
+    deployment = await api.get("Deployment", "agent")
+    assert capture_vars(deployment, "agent") == [] and capture_vars(deployment, "otel") == []
+    assert objects.container_env(deployment, "otel") == sidecar["env"]

@@ -101,19 +101,31 @@ async def reconcile_capture(
 ) -> None:
     rt = common.runtime(memo)
     spec = _parse(body, patch)
+    # The container the env went to (status.container): with no container in the spec, "the first"
+    # may be another one today (a sidecar added in front), and the env must follow the one that has it.
+    recorded = str((body.get("status") or {}).get("container") or "") or None
     abandoned = capture_sync.abandoned_target(old, spec)
     if abandoned is not None:
+        if abandoned.container is None and recorded:
+            abandoned = capture_sync.Target(abandoned.name, recorded)
         try:
             await _apply_env(rt, namespace, abandoned, capture_sync.removal_env())
         except common.TargetMissing:
             pass  # the old target is gone: nothing to clean up
+    target = capture_sync.target_of(spec)
+    desired = capture_sync.capture_env(spec, rt.config.collector_url)
     try:
-        container = await _apply_env(
-            rt,
-            namespace,
-            capture_sync.target_of(spec),
-            capture_sync.capture_env(spec, rt.config.collector_url),
-        )
+        if target.container is None and recorded and abandoned is None:
+            try:
+                container = await _apply_env(
+                    rt, namespace, capture_sync.Target(target.name, recorded), desired
+                )
+            except common.TargetMissing as exc:
+                if exc.reason != Reason.CONTAINER_NOT_FOUND:
+                    raise
+                container = await _apply_env(rt, namespace, target, desired)  # that container is gone
+        else:
+            container = await _apply_env(rt, namespace, target, desired)
     except common.TargetMissing as exc:
         if spec.enabled:
             raise _pending(body, patch, rt, exc) from None
