@@ -113,19 +113,17 @@ async def reconcile_capture(
         except common.TargetMissing:
             pass  # the old target is gone: nothing to clean up
     target = capture_sync.target_of(spec)
+    if target.container is None and recorded and abandoned is None:
+        target = capture_sync.Target(target.name, recorded)
     desired = capture_sync.capture_env(spec, rt.config.collector_url)
     try:
-        if target.container is None and recorded and abandoned is None:
-            try:
-                container = await _apply_env(
-                    rt, namespace, capture_sync.Target(target.name, recorded), desired
-                )
-            except common.TargetMissing as exc:
-                if exc.reason != Reason.CONTAINER_NOT_FOUND:
-                    raise
-                container = await _apply_env(rt, namespace, target, desired)  # that container is gone
-        else:
+        try:
             container = await _apply_env(rt, namespace, target, desired)
+        except common.TargetMissing as exc:
+            if target == capture_sync.target_of(spec) or exc.reason != Reason.CONTAINER_NOT_FOUND:
+                raise
+            # the recorded container is gone: the first one, as the spec says
+            container = await _apply_env(rt, namespace, capture_sync.target_of(spec), desired)
     except common.TargetMissing as exc:
         if spec.enabled:
             raise _pending(body, patch, rt, exc) from None

@@ -242,7 +242,7 @@ async def _refuse_spec(
     """An invalid spec fails a job that has not run a trainer yet; one that has (its Jobs may be
     running) keeps its phase, ``Ready`` saying what to fix, and goes on once the spec is valid again."""
     message = f"invalid spec: {exc}"
-    if flow.can_restart(status) or status.phase is None:
+    if flow.can_restart(status):  # also a new object: no phase, nothing ran
         await writer.write(generation, common.FAILED, Reason.INVALID_SPEC, message)
         return
     await writer.write(

@@ -127,7 +127,6 @@ async def _run(
 ) -> None:
     """Stages until the spec changes (or the daemon stops)."""
     generation = body.meta.get("generation")
-    agent = str(spec.agent_id)
     while not stopped and body.meta.get("generation") == generation:
         status = rl.parse_status({"status": writer.current})
         point = lflow.resume_point(spec, status, generation, datetime.now(UTC))
@@ -138,15 +137,7 @@ async def _run(
             continue
         if point.stage == lflow.Stage.SAMPLE:
             with common.timed_reconcile(rt, KIND, "sample_test"):
-                result = await labeling_pipeline.sample_test(
-                    rt.store,
-                    grader,
-                    agent,
-                    spec.sample_test.size,
-                    since=spec.selector.since,
-                    until=spec.selector.until,
-                    concurrency=spec.concurrency,
-                )
+                result = await _sample_test(rt, grader, spec)
                 report = lflow.sample_report(spec, result, generation)
                 await _report(writer, report, generation)
             if report.phase == rl.LabelingPhase.PENDING:
@@ -159,6 +150,21 @@ async def _run(
                 continue  # stopped for the new spec (its labels so far written): the loop ends
         if not finished:  # the grader's backend is down: label (resume) and dry-run again later
             await _wait_until(body, generation, stopped, _seconds_from_now(_retry_seconds(rt)))
+
+
+async def _sample_test(
+    rt: common.Runtime, grader: graders.Grader, spec: rl.RewardLabelingSpec
+) -> labeling_pipeline.SampleTestResult:
+    """The spec's sample test over its selection (also the probe of a grader's backend that was down)."""
+    return await labeling_pipeline.sample_test(
+        rt.store,
+        grader,
+        str(spec.agent_id),
+        spec.sample_test.size,
+        since=spec.selector.since,
+        until=spec.selector.until,
+        concurrency=spec.concurrency,
+    )
 
 
 class _SpecChanged(Exception):
@@ -203,15 +209,7 @@ async def _label_and_dry_run(
     episodes that failed because the judge was down are labeled again only once it answers, so a
     long outage does not use up their tries (``labeling.MAX_FAILED_ATTEMPTS``)."""
     if writer.held is not None and writer.held[0] == Reason.BACKEND_UNAVAILABLE:
-        probe = await labeling_pipeline.sample_test(
-            rt.store,
-            grader,
-            str(spec.agent_id),
-            spec.sample_test.size,
-            since=spec.selector.since,
-            until=spec.selector.until,
-            concurrency=spec.concurrency,
-        )
+        probe = await _sample_test(rt, grader, spec)
         if labeling_pipeline.backend_down(probe.records) is not None:
             return False
     latest: list[labeling_pipeline.LabelingProgress] = []

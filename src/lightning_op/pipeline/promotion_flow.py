@@ -88,13 +88,15 @@ def _gate_problems(gate: promotion.PromotionGate, status: finetune.FineTuneJobSt
             f"score improved {improvement:+.3f} ({baseline.score:.3f} -> {result.score:.3f}), "
             f"less than spec.gate.minImprovement {gate.min_improvement:+.3f}"
         )
-    if gate.max_regression is not None and not (result.examples and result.regressions is not None):
+    if gate.max_regression is None:
+        return problems
+    if not result.examples or result.regressions is None:
         problems.append(
             "spec.gate.maxRegression is set but status.result has no per-example counts (the round's "
             "or the baseline's evaluation file was not read): cannot check it"
         )
-    elif gate.max_regression is not None and result.examples:
-        fraction = (result.regressions or 0) / result.examples
+    else:
+        fraction = result.regressions / result.examples
         if fraction > gate.max_regression + promotion_pipeline.SCORE_TOLERANCE:
             problems.append(
                 f"{result.regressions} of {result.examples} examples regressed ({fraction:.3f}), more than "

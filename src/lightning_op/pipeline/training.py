@@ -164,12 +164,14 @@ def trainer_config(request: TrainingRequest, workdir: Path) -> tuple[dict[str, A
         _existing_file(request.validation_file, "validation file") if request.validation_file else None
     )
     eval_file = _existing_file(request.eval_file, "evaluation file") if request.eval_file else validation
+    checked: set[Path] = set()
     for file, what in (
         (train, "training file"),
         (validation, "validation file"),
         (eval_file, "evaluation file"),
     ):
-        if file is not None and (what != "evaluation file" or file not in (train, validation)):
+        if file is not None and file not in checked:  # each file read once
+            checked.add(file)
             _check_rows(file, what)
     if eval_file is None:
         eval_file = train
