@@ -194,6 +194,19 @@ def test_start_training_refuses_a_dataset_changed_since_it_was_built(
     assert store.list_records(training.RECORD_KIND) == [], "no job was recorded"
 
 
+def test_start_training_refuses_a_dataset_whose_file_is_gone(
+    seeded: str, tmp_path: Path, store: store_base.EpisodeStore
+) -> None:
+    built = build_json(seeded, "--name", "orders-v1")
+    Path(str(built["path"])).unlink()
+    args = ["--dataset", "orders-v1", "--base-model", str(_base_model(tmp_path)), "--no-wait"]
+    result = run(seeded, "start-training", *args)
+    assert_one_line_error(
+        result, "dataset 'orders-v1'", "No such file or directory", "rebuild it with build-dataset"
+    )
+    assert store.list_records(training.RECORD_KIND) == [], "no job was recorded"
+
+
 def test_start_training_refuses_a_train_file_with_bad_lines_naming_them(
     seeded: str, tmp_path: Path, store: store_base.EpisodeStore
 ) -> None:
